@@ -1,0 +1,417 @@
+"""The one typed configuration tree of a training run.
+
+Every default lives here and only here. ``OamlConfig`` is a frozen tree of section dataclasses; each field
+name is also its command-line flag (``--batch_size``), so the flat names of the seed's command lines keep
+working. Values are layered: dataclass defaults < ``--config file.yaml`` < ``--set section.key=value`` and
+plain flags. ``__post_init__`` of each section checks ranges and names the bad key; cross-section rules are
+in :func:`validate`.
+
+Note on the AdaFace margin: the predecessor's defaults m=0.5, h=0.0 make ŝ ≡ 0, which turns AdaFace into
+CosFace(m). The defaults here are the AdaFace paper's m=0.4, h=0.333 (SPEC §3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from oaml.constants import ChannelOrder
+from oaml.errors import ConfigError
+
+__all__ = [
+    "ARCHS",
+    "AugmentConfig",
+    "DataConfig",
+    "EvalConfig",
+    "HEADS",
+    "LossConfig",
+    "ModelConfig",
+    "OamlConfig",
+    "SystemConfig",
+    "TrainConfig",
+    "check_data_paths",
+    "config_from_dict",
+    "data_paths",
+    "load_yaml",
+    "parse_value",
+    "validate",
+]
+
+ARCHS = ("ir_18", "ir_34", "ir_50", "ir_101", "ir_se_50")
+HEADS = ("adaface", "arcface", "cosface")
+OCCLUSION_METHODS = ("scaling", "none")
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"--{key}: invalid value {value!r}; {allowed}")
+
+
+def _prob(key: str, value: float) -> None:
+    _require(0.0 <= value <= 1.0, key, value, "expected a probability in [0, 1]")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how images are presented to the backbone (SPEC §7, §9)."""
+
+    data_root: str = _opt("", "root folder that holds train_data_path and val_data_path")
+    train_data_path: str = _opt("faces_emore", "training data under data_root: a folder with train.rec/train.idx, "
+                                "or identity folders")
+    val_data_path: str = _opt("faces_emore", "folder under data_root with the verification .bin files")
+    use_mxrecord: bool = _opt(False, "read train.rec/train.idx (insightface RecordIO) instead of identity folders; "
+                              "detected automatically when train.rec exists")
+    train_data_subset: bool = _opt(False, "MS1MV2 subset: keep the images listed in subset_index, drop identities "
+                                   "with fewer than 5 images, relabel")
+    subset_index: str = _opt("", "subset index file (default: <train dir>/ms1mv2_train_subset_index.txt)")
+    channel_order: str = _opt("bgr", "channel order the backbone expects: bgr (AdaFace weights) or rgb "
+                              "(insightface weights)")
+    input_size: int = _opt(112, "side of the aligned input face in pixels")
+
+    def __post_init__(self) -> None:
+        _require(self.channel_order in {c.value for c in ChannelOrder}, "channel_order", self.channel_order,
+                 "choose bgr or rgb")
+        _require(self.input_size >= 32 and self.input_size % 16 == 0, "input_size", self.input_size,
+                 "expected a multiple of 16, at least 32")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation schedule (SPEC §6; weight_decay is honoured, unlike the predecessor's)."""
+
+    epochs: int = _opt(24, "number of training epochs")
+    batch_size: int = _opt(256, "total batch size over all devices (divided per device under DDP)")
+    lr: float = _opt(0.1, "initial SGD learning rate")
+    lr_milestones: tuple[int, ...] = _opt((8, 12, 14), "epochs at which the lr is multiplied by lr_gamma, "
+                                          "e.g. 8,12,14")
+    lr_gamma: float = _opt(0.1, "lr decay factor at each milestone")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(5e-4, "weight decay of conv/linear/PReLU weights, head kernel and QAConv fc")
+    warmup_epochs: float = _opt(0.0, "linear lr warm-up length in epochs (0 = off)")
+    seed: int = _opt(42, "global random seed")
+    accumulate_grad_batches: int = _opt(1, "gradient accumulation steps")
+    gradient_clip_val: float = _opt(0.0, "clip the gradient norm to this value (0 = off)")
+    max_nonfinite_steps: int = _opt(10, "abort after this many consecutive steps with a non-finite loss")
+    limit_train_batches: float = _opt(1.0, "fraction (<=1) or number (>1) of training batches per epoch")
+    log_every_n_steps: int = _opt(50, "log the losses every N steps")
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "epochs", self.epochs, "expected a positive integer")
+        _require(self.batch_size >= 2, "batch_size", self.batch_size, "expected an integer >= 2")
+        _require(self.lr > 0, "lr", self.lr, "expected a positive number")
+        _require(all(a < b for a, b in zip(self.lr_milestones, self.lr_milestones[1:])), "lr_milestones",
+                 ",".join(map(str, self.lr_milestones)), "expected strictly increasing epochs, e.g. 8,12,14")
+        _require(all(m > 0 for m in self.lr_milestones), "lr_milestones", self.lr_milestones,
+                 "expected positive epochs")
+        _require(0 < self.lr_gamma <= 1, "lr_gamma", self.lr_gamma, "expected a number in (0, 1]")
+        _require(0 <= self.momentum < 1, "momentum", self.momentum, "expected a number in [0, 1)")
+        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "expected a number >= 0")
+        _require(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "expected a number >= 0")
+        _require(self.accumulate_grad_batches >= 1, "accumulate_grad_batches", self.accumulate_grad_batches,
+                 "expected a positive integer")
+        _require(self.gradient_clip_val >= 0, "gradient_clip_val", self.gradient_clip_val, "expected >= 0")
+        _require(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", self.max_nonfinite_steps, "expected >= 1")
+        _require(self.limit_train_batches > 0, "limit_train_batches", self.limit_train_batches, "expected > 0")
+        _require(self.log_every_n_steps >= 1, "log_every_n_steps", self.log_every_n_steps, "expected >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone and margin head (SPEC §2, §3)."""
+
+    arch: str = _opt("ir_50", "backbone: " + ", ".join(ARCHS))
+    width: float = _opt(1.0, "channel width multiplier of the IR family (e.g. 0.125 for CPU tests)")
+    head: str = _opt("adaface", "margin head: " + ", ".join(HEADS))
+    m: float = _opt(0.4, "margin (AdaFace paper: 0.4; m=0.5 with h=0 is CosFace)")
+    h: float = _opt(0.333, "AdaFace feature-norm concentration (h=0 makes AdaFace a CosFace)")
+    s: float = _opt(64.0, "logit scale")
+    t_alpha: float = _opt(0.01, "AdaFace EMA momentum of the feature-norm statistics")
+
+    def __post_init__(self) -> None:
+        _require(self.arch in ARCHS, "arch", self.arch, "choose one of " + ", ".join(ARCHS))
+        _require(self.head in HEADS, "head", self.head, "choose one of " + ", ".join(HEADS))
+        _require(0.0625 <= self.width <= 4.0, "width", self.width, "expected a multiplier in [0.0625, 4]")
+        _require(self.m >= 0, "m", self.m, "expected a margin >= 0")
+        _require(self.h >= 0, "h", self.h, "expected h >= 0")
+        _require(self.s > 0, "s", self.s, "expected a positive scale")
+        _require(0 < self.t_alpha <= 1, "t_alpha", self.t_alpha, "expected a number in (0, 1]")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """QAConv, class memory and the weights of the combined objective (SPEC §5, §6)."""
+
+    k_nearest: int = _opt(32, "QAConv class graph: number of nearest classes per class")
+    adaface_loss_weight: float = _opt(0.1, "weight of the margin-head cross-entropy")
+    qaconv_loss_weight: float = _opt(0.7, "weight of the QAConv losses (pairwise + triplet_weight * softmax-triplet)")
+    occlusion_loss_weight: float = _opt(0.3, "weight of the occlusion-map MSE")
+    triplet_weight: float = _opt(0.5, "weight of the softmax-triplet losses inside the QAConv term")
+    triplet_margin: float = _opt(1.0, "batch-hard triplet margin")
+    occlusion_method: str = _opt("scaling", "how visibility maps weight QAConv: scaling or none")
+    instances_per_identity: int = _opt(4, "K of the PK sampler: images per identity in a batch")
+    class_memory_on_cpu: bool = _opt(False, "keep the fp16 class memory on the CPU (saves GPU memory)")
+    graph_sampler: bool = _opt(False, "QAConv-GS: build batches from a seed class and its nearest classes")
+
+    def __post_init__(self) -> None:
+        for key in ("adaface_loss_weight", "qaconv_loss_weight", "occlusion_loss_weight", "triplet_weight"):
+            _require(getattr(self, key) >= 0, key, getattr(self, key), "expected a weight >= 0")
+        _require(self.k_nearest >= 1, "k_nearest", self.k_nearest, "expected a positive integer")
+        _require(self.triplet_margin >= 0, "triplet_margin", self.triplet_margin, "expected >= 0")
+        _require(self.occlusion_method in OCCLUSION_METHODS, "occlusion_method", self.occlusion_method,
+                 "choose one of " + ", ".join(OCCLUSION_METHODS))
+        _require(self.instances_per_identity >= 2, "instances_per_identity", self.instances_per_identity,
+                 "expected at least 2 (positives are needed)")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation probabilities (SPEC §8)."""
+
+    mask_prob: float = _opt(0.5, "probability of drawing a synthetic medical mask")
+    flip_prob: float = _opt(0.5, "probability of a horizontal flip")
+    low_res_augmentation_prob: float = _opt(0.0, "probability of the low-resolution augmentation")
+    crop_augmentation_prob: float = _opt(0.0, "probability of the in-place crop augmentation")
+    photometric_augmentation_prob: float = _opt(0.0, "probability of the photometric augmentation")
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            _prob(item.name, getattr(self, item.name))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Validation protocol (SPEC §9)."""
+
+    eval_adaface_weight: float = _opt(0.5, "weight of the standardised AdaFace score in the combined score")
+    eval_qaconv_weight: float = _opt(0.5, "weight of the standardised QAConv score in the combined score")
+    masked_protocol: bool = _opt(True, "also validate with a synthetic mask on the second image of each pair")
+    val_batch_size: int = _opt(128, "images per validation batch (per device)")
+
+    def __post_init__(self) -> None:
+        for key in ("eval_adaface_weight", "eval_qaconv_weight"):
+            _require(getattr(self, key) >= 0, key, getattr(self, key), "expected a weight >= 0")
+        _require(self.val_batch_size >= 2 and self.val_batch_size % 2 == 0, "val_batch_size",
+                 self.val_batch_size, "expected an even integer >= 2 (pairs stay together)")
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    """Devices, precision, logging and run control."""
+
+    gpus: int = _opt(0, "number of GPUs per node (0 = CPU)")
+    num_nodes: int = _opt(1, "number of nodes for multi-node DDP")
+    distributed_backend: str = _opt("ddp", "strategy when more than one device is used: ddp")
+    use_16bit: bool = _opt(False, "mixed precision: 16-mixed on GPU, bf16-mixed on CPU")
+    num_workers: int = _opt(16, "data-loader workers per device (capped at the CPU count)")
+    prefix: str = _opt("default", "experiment name prefix: experiments/{prefix}_{MM-DD}_{n}")
+    output_dir: str = _opt("experiments", "folder that holds the experiment folders")
+    resume_from_checkpoint: str = _opt("", "Lightning checkpoint to resume training from")
+    start_from_model_statedict: str = _opt("", "weights to start from (ours or a released AdaFace .ckpt)")
+    evaluate: bool = _opt(False, "only evaluate start_from_model_statedict on the validation sets")
+    fast_dev_run: bool = _opt(False, "run one training and one validation batch, then stop")
+    wandb: bool = _opt(False, "log to Weights & Biases (needs the wandb extra)")
+    wandb_offline: bool = _opt(False, "W&B offline mode (no network needed; sync later)")
+    wandb_project: str = _opt("oaml", "W&B project name")
+    deterministic: bool = _opt(False, "use deterministic algorithms (slower; for exact resumes)")
+
+    def __post_init__(self) -> None:
+        _require(self.gpus >= 0, "gpus", self.gpus, "expected an integer >= 0")
+        _require(self.num_nodes >= 1, "num_nodes", self.num_nodes, "expected an integer >= 1")
+        _require(self.distributed_backend != "dp" and self.distributed_backend != "ddp2", "distributed_backend",
+                 self.distributed_backend, "dp and ddp2 were removed in Lightning 2; use ddp")
+        _require(self.distributed_backend in ("ddp", "ddp_spawn", "ddp_find_unused_parameters_true"),
+                 "distributed_backend", self.distributed_backend,
+                 "choose ddp, ddp_spawn or ddp_find_unused_parameters_true")
+        _require(self.num_workers >= 0, "num_workers", self.num_workers, "expected an integer >= 0")
+        _require(bool(self.prefix) and "/" not in self.prefix, "prefix", self.prefix,
+                 "expected a non-empty name without '/'")
+
+    @property
+    def devices(self) -> int:
+        """Devices per node: the GPU count, or one CPU process."""
+        return max(self.gpus, 1)
+
+    @property
+    def workers(self) -> int:
+        """``num_workers`` capped at the CPU count."""
+        return min(self.num_workers, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class OamlConfig:
+    """The resolved configuration of a run: one section per concern."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dict (tuples become lists), suitable for YAML and checkpoints."""
+        return {
+            section.name: {key: list(v) if isinstance(v, tuple) else v
+                           for key, v in dataclasses.asdict(getattr(self, section.name)).items()}
+            for section in dataclasses.fields(self)
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the resolved config as YAML."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+    def replace(self, **flat: Any) -> OamlConfig:
+        """A copy with flat keys (``batch_size=64``) or dotted keys (``train.batch_size``) replaced."""
+        return config_from_dict(self.to_dict(), flat)
+
+    @property
+    def channel_order(self) -> ChannelOrder:
+        return ChannelOrder(self.data.channel_order)
+
+
+SECTIONS: dict[str, type] = {item.name: item.type for item in dataclasses.fields(OamlConfig)}  # type: ignore[misc]
+
+
+def _section_types() -> dict[str, type]:
+    hints = get_type_hints(OamlConfig)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def field_index() -> dict[str, tuple[str, dataclasses.Field[Any], Any]]:
+    """Map each flat key to (section, field, resolved type). Flat keys are unique across sections."""
+    index: dict[str, tuple[str, dataclasses.Field[Any], Any]] = {}
+    for section, cls in _section_types().items():
+        hints = get_type_hints(cls)
+        for item in dataclasses.fields(cls):
+            index[item.name] = (section, item, hints[item.name])
+    return index
+
+
+def parse_value(key: str, raw: Any, kind: Any) -> Any:
+    """Convert a YAML or command-line value to the field's type, naming the key on failure."""
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind == tuple[int, ...]:
+            if isinstance(raw, (list, tuple)):
+                return tuple(int(v) for v in raw)
+            text = str(raw).strip()
+            return tuple(int(v) for v in text.split(",") if v.strip()) if text else ()
+        if kind is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "comma-separated integers")
+        raise ConfigError(f"--{key}: invalid value {raw!r}; expected {expected}") from None
+
+
+def config_from_dict(nested: dict[str, Any] | None = None, flat: dict[str, Any] | None = None) -> OamlConfig:
+    """Build a config from a nested dict (YAML layout) and flat or dotted overrides, in that precedence.
+
+    Raises:
+        ConfigError: on an unknown section or key, a value of the wrong type, or a value out of range.
+    """
+    index = field_index()
+    values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for section, entries in (nested or {}).items():
+        if section not in SECTIONS:
+            if section in index and not isinstance(entries, dict):
+                values[index[section][0]][section] = entries
+                continue
+            raise ConfigError(f"unknown config section {section!r}; sections are: {', '.join(SECTIONS)}")
+        if not isinstance(entries, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping, found {type(entries).__name__}")
+        for key, raw in entries.items():
+            if key not in index or index[key][0] != section:
+                raise ConfigError(f"unknown config key {section}.{key}")
+            values[section][key] = raw
+    for key, raw in (flat or {}).items():
+        name = key.split(".", 1)[-1]
+        if name not in index or ("." in key and key.split(".", 1)[0] != index[name][0]):
+            raise ConfigError(f"unknown config key {key!r}")
+        values[index[name][0]][name] = raw
+    sections = {}
+    for section, cls in _section_types().items():
+        typed = {key: parse_value(key, raw, index[key][2]) for key, raw in values[section].items()}
+        sections[section] = cls(**typed)
+    return OamlConfig(**sections)
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML config file into a nested dict.
+
+    Raises:
+        ConfigError: if the file is missing, is not valid YAML, or is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: file not found: {path}")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--config: {path} is not valid YAML: {error}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping of sections, found {type(content).__name__}")
+    return content
+
+
+def validate(config: OamlConfig) -> None:
+    """Cross-section checks that no single section can make.
+
+    Raises:
+        ConfigError: naming the argument at fault.
+    """
+    k = config.loss.instances_per_identity
+    world = config.system.devices * config.system.num_nodes
+    if config.train.batch_size % (k * world):
+        raise ConfigError(f"--batch_size: invalid value {config.train.batch_size}; it must be divisible by "
+                          f"instances_per_identity x devices = {k} x {world} = {k * world}")
+
+
+def data_paths(config: OamlConfig) -> tuple[Path, Path]:
+    """``(train path, validation folder)``: ``data_root`` joined with the two relative paths."""
+    root = Path(config.data.data_root)
+    return root / config.data.train_data_path, root / config.data.val_data_path
+
+
+def check_data_paths(config: OamlConfig) -> None:
+    """Check that the paths a run needs exist: the training data (unless ``--evaluate``), and for
+    ``--evaluate`` the validation folder.
+
+    Raises:
+        ConfigError: naming the flag and the missing path.
+    """
+    train_path, val_path = data_paths(config)
+    if config.system.evaluate:
+        if not val_path.is_dir():
+            raise ConfigError(f"--val_data_path: validation folder not found: {val_path} "
+                              f"(data_root={config.data.data_root!r})")
+        return
+    if not train_path.exists():
+        raise ConfigError(f"--train_data_path: training data not found: {train_path} "
+                          f"(data_root={config.data.data_root!r}); expected train.rec/train.idx or identity folders")
+    for flag, value in (("resume_from_checkpoint", config.system.resume_from_checkpoint),
+                        ("start_from_model_statedict", config.system.start_from_model_statedict)):
+        if value and not Path(value).is_file():
+            raise ConfigError(f"--{flag}: checkpoint not found: {value}")
