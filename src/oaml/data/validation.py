@@ -1,0 +1,283 @@
+"""Verification sets: ``.bin`` loading, one-time conversion to uint8 memfiles, and the five-set dataset (SPEC §9).
+
+A ``.bin`` (lfw, agedb_30, cfp_fp, cplfw, calfw) is an untrusted Python-2 pickle of ``(2N encoded images,
+N bools)``; pair k is images 2k and 2k+1. :func:`convert_bin` decodes it once into
+
+- ``<name>.u8``: a raw uint8 memmap ``[2N, 112, 112, 3]`` in the requested channel order (4x smaller than the
+  predecessor's float32),
+- ``<name>_issame.npy``: ``N`` bools,
+- ``<name>.json``: the sidecar with shape, dtype, channel order and the source's sha256.
+
+The three files are written under temporary names, fsynced and renamed (sidecar last), so an interrupted
+conversion never leaves a file that looks complete. A later call with the same source is a no-op.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from oaml.constants import FACE_SIZE, VAL_SET_NAMES, ChannelOrder
+from oaml.data.masks import apply_medical_mask
+from oaml.data.safe_pickle import safe_load
+from oaml.data.transforms import image_to_tensor
+from oaml.errors import DataError
+
+__all__ = ["FiveValidationDataset", "convert_bin", "load_bin", "load_memfile", "memfile_paths"]
+
+logger = logging.getLogger(__name__)
+
+_FORMAT_VERSION = 1
+
+
+def load_bin(bin_path: str | os.PathLike[str]) -> tuple[list[bytes], np.ndarray]:
+    """Load a verification ``.bin`` with the restricted unpickler.
+
+    Returns:
+        ``(images, issame)``: the 2N encoded images as ``bytes`` and an ``N`` bool array.
+
+    Raises:
+        UnsafePickleError: if the pickle references a global that is not allowed.
+        DataError: if the content is not ``(2N images, N bools)``.
+    """
+    content = safe_load(bin_path)
+    if not isinstance(content, (tuple, list)) or len(content) != 2:
+        raise DataError(f"{bin_path}: expected a pickled (images, issame) pair, found {type(content).__name__}")
+    raw_images, raw_issame = content
+    try:
+        issame = np.asarray(raw_issame, dtype=bool).reshape(-1)
+        images = [bytes(np.asarray(img, dtype=np.uint8).reshape(-1)) if not isinstance(img, (bytes, bytearray))
+                  else bytes(img) for img in raw_images]
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{bin_path}: images must be encoded bytes and issame bools ({exc})") from exc
+    if len(images) != 2 * len(issame):
+        raise DataError(f"{bin_path}: {len(images)} images for {len(issame)} pairs; expected 2 per pair")
+    return images, issame
+
+
+def memfile_paths(out_dir: str | os.PathLike[str], name: str) -> tuple[Path, Path, Path]:
+    """The ``(<name>.u8, <name>_issame.npy, <name>.json)`` paths of a converted set."""
+    out = Path(out_dir)
+    return out / f"{name}.u8", out / f"{name}_issame.npy", out / f"{name}.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_sidecar(path: Path) -> dict[str, object] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _is_current(out_dir: Path, name: str, sha: str, order: ChannelOrder) -> bool:
+    data_path, issame_path, sidecar_path = memfile_paths(out_dir, name)
+    meta = _read_sidecar(sidecar_path)
+    if not meta or meta.get("source_sha256") != sha or meta.get("channel_order") != order.value:
+        return False
+    shape = meta.get("shape")
+    return (isinstance(shape, list) and data_path.is_file() and issame_path.is_file()
+            and data_path.stat().st_size == int(np.prod(shape)))
+
+
+def _decode(buf: bytes, where: str) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"{where}: cannot decode the image ({len(buf)} bytes)")
+    if image.shape[:2] != (FACE_SIZE, FACE_SIZE):
+        raise DataError(f"{where}: image is {image.shape[1]}x{image.shape[0]}, expected "
+                        f"{FACE_SIZE}x{FACE_SIZE} aligned faces")
+    return image
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, final)
+
+
+def convert_bin(bin_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                channel_order: ChannelOrder = ChannelOrder.BGR, name: str | None = None) -> Path:
+    """Convert a ``.bin`` to a uint8 memfile, its issame array and a JSON sidecar, once and atomically.
+
+    Args:
+        bin_path: the ``.bin`` file.
+        out_dir: where to write the three files (created if needed).
+        channel_order: channel order of the stored images (cv2 decodes to BGR; RGB reverses the channels).
+        name: the set name; defaults to the file stem (``lfw.bin`` -> ``lfw``).
+
+    Returns:
+        The path of the ``.u8`` memfile.
+
+    Raises:
+        UnsafePickleError: if the ``.bin`` is not a safe pickle.
+        DataError: if an image cannot be decoded or is not 112x112.
+    """
+    bin_path, out_dir = Path(bin_path), Path(out_dir)
+    name = name or bin_path.stem
+    order = ChannelOrder(channel_order)
+    data_path, issame_path, sidecar_path = memfile_paths(out_dir, name)
+    sha = _sha256(bin_path)
+    if _is_current(out_dir, name, sha, order):
+        logger.debug("%s is already converted in %s", bin_path, out_dir)
+        return data_path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images, issame = load_bin(bin_path)
+    shape = (len(images), FACE_SIZE, FACE_SIZE, 3)
+    tmp_data, tmp_issame, tmp_sidecar = (p.with_name(p.name + f".tmp{os.getpid()}")
+                                         for p in (data_path, issame_path, sidecar_path))
+    try:
+        memmap = np.memmap(tmp_data, dtype=np.uint8, mode="w+", shape=shape)
+        for i, buf in enumerate(images):
+            image = _decode(buf, f"{bin_path} image {i}")
+            memmap[i] = image[:, :, ::-1] if order is ChannelOrder.RGB else image
+        memmap.flush()
+        del memmap
+        with open(tmp_issame, "wb") as handle:
+            np.save(handle, issame)
+        meta = {"format_version": _FORMAT_VERSION, "name": name, "shape": list(shape), "dtype": "uint8",
+                "channel_order": order.value, "num_pairs": int(len(issame)), "source": bin_path.name,
+                "source_sha256": sha}
+        tmp_sidecar.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        _fsync_replace(tmp_data, data_path)
+        _fsync_replace(tmp_issame, issame_path)
+        _fsync_replace(tmp_sidecar, sidecar_path)
+    finally:
+        for tmp in (tmp_data, tmp_issame, tmp_sidecar):
+            tmp.unlink(missing_ok=True)
+    logger.info("converted %s -> %s (%d pairs, %s)", bin_path, data_path, len(issame), order.value)
+    return data_path
+
+
+def load_memfile(out_dir: str | os.PathLike[str], name: str) -> tuple[np.memmap, np.ndarray, ChannelOrder]:
+    """Open a converted set read-only.
+
+    Returns:
+        ``(images, issame, channel_order)``: a uint8 memmap ``[2N, 112, 112, 3]``, ``N`` bools and the
+        channel order the images are stored in.
+
+    Raises:
+        FileNotFoundError: if the sidecar is missing (the set was never converted).
+        DataError: if the files disagree with the sidecar.
+    """
+    data_path, issame_path, sidecar_path = memfile_paths(out_dir, name)
+    if not sidecar_path.is_file():
+        raise FileNotFoundError(f"no converted verification set {name!r} in {out_dir} (missing {sidecar_path})")
+    meta = _read_sidecar(sidecar_path)
+    if meta is None or meta.get("dtype") != "uint8" or not isinstance(meta.get("shape"), list):
+        raise DataError(f"{sidecar_path}: unreadable sidecar or dtype other than uint8")
+    shape = tuple(int(v) for v in meta["shape"])  # type: ignore[union-attr]
+    if not data_path.is_file() or data_path.stat().st_size != int(np.prod(shape)):
+        raise DataError(f"{data_path}: size does not match the sidecar's shape {shape}; delete "
+                        f"{sidecar_path} to convert again")
+    images = np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape)
+    issame = np.load(issame_path, allow_pickle=False).astype(bool)
+    if 2 * len(issame) != shape[0]:
+        raise DataError(f"{issame_path}: {len(issame)} pairs for {shape[0]} images")
+    return images, issame, ChannelOrder(str(meta.get("channel_order", "bgr")))
+
+
+class FiveValidationDataset(Dataset):
+    """The verification sets present in ``memfile_dir``, concatenated in SPEC order.
+
+    Items are ``(image, issame, dataset_index, global_index)``: a normalised float tensor ``3 x 112 x 112``
+    in ``channel_order``, the issame flag of the image's pair, the set's position in :attr:`names`
+    and the image's index in the concatenation. Sets that are absent are logged once and skipped; with none
+    present the dataset is empty and the caller skips validation.
+
+    Args:
+        memfile_dir: folder with the converted sets (see :func:`convert_bin`).
+        names: set names, in concatenation order.
+        channel_order: channel order of the output tensors.
+        flip: return the horizontally mirrored image (for a separate flip pass; batch-side ``torch.flip`` is
+            usually cheaper).
+        masked_second: draw a synthetic medical mask on the second image of every pair (masked protocol),
+            deterministically from ``(mask_seed, global_index)``.
+        mask_seed: seed of the masked protocol.
+        transform: optional ``uint8 BGR HxWx3 -> tensor`` replacing the default normalisation.
+    """
+
+    def __init__(self, memfile_dir: str | os.PathLike[str], names: Sequence[str] = VAL_SET_NAMES,
+                 channel_order: ChannelOrder = ChannelOrder.BGR, flip: bool = False, masked_second: bool = False,
+                 mask_seed: int = 0, transform: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
+        self.memfile_dir = Path(memfile_dir)
+        self.channel_order = ChannelOrder(channel_order)
+        self.flip, self.masked_second, self.mask_seed, self.transform = flip, masked_second, mask_seed, transform
+        self.names: list[str] = []
+        self.offsets: dict[str, int] = {}
+        self.pair_counts: dict[str, int] = {}
+        self.missing: list[str] = []
+        issame_parts: list[np.ndarray] = []
+        total = 0
+        for name in names:
+            try:
+                images, issame, _ = load_memfile(self.memfile_dir, name)
+            except FileNotFoundError:
+                logger.warning("verification set %s not found in %s (no %s.json: convert its .bin with "
+                               "convert_bin or OAMLDataModule.prepare_data); skipping it", name,
+                               self.memfile_dir, name)
+                self.missing.append(name)
+                continue
+            self.names.append(name)
+            self.offsets[name] = total
+            self.pair_counts[name] = len(issame)
+            issame_parts.append(issame)
+            total += len(images)
+            del images
+        self.issame = np.concatenate(issame_parts) if issame_parts else np.zeros(0, bool)
+        self._length = total
+        self._set_of_image = np.repeat(np.arange(len(self.names)), [2 * self.pair_counts[n] for n in self.names])
+        self._arrays: list[tuple[np.memmap, ChannelOrder]] | None = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def masked(self, mask_seed: int | None = None) -> FiveValidationDataset:
+        """A copy that applies the masked protocol (no re-scan of the folder, no repeated log lines)."""
+        twin = copy.copy(self)
+        twin.masked_second, twin._arrays = True, None
+        twin.mask_seed = self.mask_seed if mask_seed is None else mask_seed
+        return twin
+
+    def _open(self) -> list[tuple[np.memmap, ChannelOrder]]:
+        if self._arrays is None:
+            self._arrays = [load_memfile(self.memfile_dir, name)[::2] for name in self.names]  # type: ignore[misc]
+        return self._arrays
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["_arrays"] = None  # memmaps re-open in each worker instead of being pickled as copies
+        return state
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, bool, int, int]:
+        if not 0 <= index < self._length:
+            raise IndexError(f"index {index} out of range for {self._length} verification images")
+        set_index = int(self._set_of_image[index])
+        local = index - self.offsets[self.names[set_index]]
+        array, stored = self._open()[set_index]
+        image = np.asarray(array[local])
+        bgr = image[:, :, ::-1] if stored is ChannelOrder.RGB else image
+        if self.masked_second and local % 2 == 1:
+            bgr, _ = apply_medical_mask(np.ascontiguousarray(bgr), np.random.default_rng((self.mask_seed, index)))
+        if self.flip:
+            bgr = bgr[:, ::-1]
+        tensor = (self.transform(np.ascontiguousarray(bgr)) if self.transform is not None
+                  else image_to_tensor(bgr, self.channel_order))
+        issame = bool(self.issame[index // 2])  # every set has an even offset, so pairs never straddle sets
+        return tensor, issame, set_index, index
