@@ -144,7 +144,7 @@ def test_help_lists_every_parameter_with_its_default() -> None:
         assert fragment in text, fragment
 
 
-@pytest.mark.parametrize("command", ["convert", "export", "align", "embed"])
+@pytest.mark.parametrize("command", ["convert", "export", "align"])
 def test_unavailable_subcommands_exit_2_without_output(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([command]) == 2
     captured = capsys.readouterr()

@@ -7,6 +7,8 @@ import logging
 import sys
 from collections.abc import Callable
 
+from oaml.cli.eval_commands import embed_command, eval_command
+
 __all__ = ["run"]
 
 log = logging.getLogger("oaml")
@@ -40,25 +42,30 @@ def _train(args: argparse.Namespace) -> int:
     from oaml.cli.main import config_from_args
     from oaml.config import check_data_paths
 
+    from oaml.training.run import run_training
+
     config = config_from_args(args)
     check_data_paths(config)
-    try:
-        from oaml.training.run import run_training
-    except ImportError:
-        return _not_available("train")(args)
     run_training(config)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from oaml.training.demo import run_demo
+
+    run_demo(args.cache_dir, args.epochs)
     return 0
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": _train,
     "make-synthetic": _make_synthetic,
-    "eval": _not_available("eval"),
-    "demo": _not_available("demo"),
+    "eval": eval_command,
+    "demo": _demo,
     "convert": _not_available("convert"),
     "export": _not_available("export"),
     "align": _not_available("align"),
-    "embed": _not_available("embed"),
+    "embed": embed_command,
 }
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from oaml import __version__
+from oaml.cli.eval_commands import add_embed_arguments
 from oaml.config import OamlConfig, config_from_dict, field_index, load_yaml, validate
 from oaml.errors import ConfigError, OamlError
 
@@ -76,6 +77,10 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also evaluate with deterministic synthetic masks on one side of every pair")
     parser.add_argument("--arch", default=None, help="override the architecture read from the checkpoint")
     parser.add_argument("--num-workers", type=int, default=2, help="data-loader workers")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument("--mask-seed", type=int, default=0, help="seed of the deterministic synthetic masks")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-plots", action="store_true", help="skip roc.png and the score histograms")
 
 
 def _add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,13 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_arguments(evaluate)
     demo = sub.add_parser("demo", help="train a small model on built-in synthetic faces and print accuracies")
     demo.add_argument("--cache-dir", default=None, help="where the synthetic data and the run go")
-    demo.add_argument("--minutes", type=float, default=5.0, help="approximate training budget")
+    demo.add_argument("--epochs", type=int, default=8, help="training epochs (about 20 s each on two cores)")
     synthetic = sub.add_parser("make-synthetic", help="draw a procedural face dataset (train.rec + .bin files)")
     _add_synthetic_arguments(synthetic)
+    add_embed_arguments(sub.add_parser("embed", help="write embeddings of a folder of aligned faces"))
     for name, text in (("convert", "convert datasets (folder <-> rec, bin -> memfile, pairs -> bin)"),
                        ("export", "export a checkpoint to ONNX or TorchScript"),
-                       ("align", "detect and align faces to the ArcFace 112x112 template"),
-                       ("embed", "write embeddings of a folder of aligned faces")):
+                       ("align", "detect and align faces to the ArcFace 112x112 template")):
         extra = sub.add_parser(name, help=text, description=text)
         extra.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser

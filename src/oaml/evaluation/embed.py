@@ -1,0 +1,170 @@
+"""Batched feature extraction with flip fusion and optional synthetic masks; ``oaml embed`` (SPEC §9).
+
+:func:`extract_features` decodes images in DataLoader workers, runs each batch together with its mirror images and
+returns flip-fused AdaFace embeddings plus (optionally) the feature and visibility maps of both views, which is what
+every score of the standalone evaluator needs. A tqdm bar on stderr shows the progress.
+
+Synthetic masks (``mask_seed``): image ``k`` is masked with ``apply_medical_mask`` driven by
+``numpy.random.default_rng((mask_seed, k))``, so the same image always gets the same mask, independent of the
+batch size, the worker count and the other images (the validation's masked protocol does the same).
+
+:func:`embed_folder` writes ``embeddings.npy`` (N x 512 float32, flip-fused unit rows), ``index.csv`` (path relative to
+the folder, identity = first folder level or empty, norm) and, with ``save_maps``, ``features.npz`` holding the
+feature maps (float16, ``N x C x 7 x 7``) and the visibility maps (float16, ``N x 1 x 7 x 7``; absent for
+backbone-only checkpoints), all of the unmirrored images and in ``index.csv`` order.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from oaml.data.masks import apply_medical_mask
+from oaml.evaluation.api import BatchFeatures, FaceRecognizer
+from oaml.evaluation.eval_data import EvalImages, check_image_sizes, list_images
+from oaml.errors import DataError
+from oaml.fileio import atomic_write
+
+__all__ = ["EmbedSummary", "MaskedImages", "embed_folder", "extract_features"]
+
+logger = logging.getLogger(__name__)
+
+
+class MaskedImages(Dataset):
+    """``EvalImages`` restricted to ``indices``, optionally masked; items are uint8 BGR ``S x S x 3`` arrays.
+
+    Args:
+        images: The image source.
+        indices: Image indices to yield, in order.
+        mask_seed: Draw a synthetic medical mask on every image, seeded by ``(mask_seed, image index)``;
+            None yields the images unchanged.
+    """
+
+    def __init__(self, images: EvalImages, indices: np.ndarray, mask_seed: int | None = None) -> None:
+        self.images, self.indices, self.mask_seed = images, np.asarray(indices, np.int64), mask_seed
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __getitem__(self, position: int) -> np.ndarray:
+        index = int(self.indices[position])
+        image = self.images.read(index)
+        if self.mask_seed is not None:
+            image, _ = apply_medical_mask(image, np.random.default_rng((self.mask_seed, index)))
+        return image
+
+
+def _collate(batch: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(batch))
+
+
+def extract_features(recognizer: FaceRecognizer, images: EvalImages, indices: np.ndarray | None = None, *,
+                     with_maps: bool = True, mask_seed: int | None = None, num_workers: int = 0,
+                     progress: bool = True, desc: str = "features") -> BatchFeatures:
+    """Features of ``images[indices]`` (all images when None), in that order, on the CPU.
+
+    Args:
+        recognizer: The loaded model; its ``batch_size`` is used.
+        images: The image source.
+        indices: Which images, in order.
+        with_maps: Also keep the feature and visibility maps of the images and of their mirror images.
+        mask_seed: Mask every image first (see the module docstring); None for clean images.
+        num_workers: DataLoader workers that decode (and mask) the images.
+        progress: Show a tqdm bar on stderr.
+        desc: The bar's label.
+
+    Returns:
+        Stacked :class:`~oaml.evaluation.api.BatchFeatures` (maps are float32).
+
+    Raises:
+        DataError: If an image cannot be read or has the wrong size.
+    """
+    idx = np.arange(len(images)) if indices is None else np.asarray(indices, np.int64)
+    if idx.size == 0:
+        raise DataError("no images to extract features from")
+    loader = DataLoader(MaskedImages(images, idx, mask_seed), batch_size=recognizer.batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=_collate,
+                        persistent_workers=False, prefetch_factor=2 if num_workers > 0 else None)
+    parts: list[BatchFeatures] = []
+    with tqdm(total=int(idx.size), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for batch in loader:
+            parts.append(recognizer.forward_batch(batch, flip=True, with_maps=with_maps))
+            bar.update(int(batch.shape[0]))
+    return BatchFeatures(*(None if parts[0][k] is None else torch.cat([p[k] for p in parts])
+                           for k in range(len(BatchFeatures._fields))))
+
+
+@dataclass(frozen=True)
+class EmbedSummary:
+    """What :func:`embed_folder` wrote.
+
+    Attributes:
+        num_images: Rows written.
+        embeddings: Path of ``embeddings.npy``.
+        index: Path of ``index.csv``.
+        features: Path of ``features.npz``, or None.
+    """
+
+    num_images: int
+    embeddings: Path
+    index: Path
+    features: Path | None
+
+
+def embed_folder(recognizer: FaceRecognizer, data_path: str | os.PathLike[str], output_dir: str | os.PathLike[str],
+                 *, save_maps: bool = False, num_workers: int = 0, progress: bool = True) -> EmbedSummary:
+    """Embed every aligned face under ``data_path`` (any depth) and write the files of the module docstring.
+
+    Args:
+        recognizer: The loaded model (its ``resize`` flag decides what happens to non-112 images).
+        data_path: Folder of aligned faces; the first folder level below it, if any, is the identity.
+        output_dir: Where to write (created if needed); files are replaced atomically.
+        save_maps: Also write ``features.npz``.
+        num_workers: DataLoader workers.
+        progress: Show a tqdm bar on stderr.
+
+    Returns:
+        An :class:`EmbedSummary`.
+
+    Raises:
+        FileNotFoundError: If ``data_path`` is not a folder.
+        DataError: If it holds no images, or an image is unreadable or has the wrong size.
+    """
+    root = Path(data_path)
+    files = list_images(root)
+    if not files:
+        raise DataError(f"{root}: no images found (extensions .jpg, .jpeg, .png, .bmp, .pgm at any depth)")
+    images = EvalImages(names=[str(p) for p in files], paths=[str(p) for p in files],
+                        size=recognizer.info.input_size, resize=recognizer.resize)
+    check_image_sizes(images)
+    feats = extract_features(recognizer, images, with_maps=save_maps, num_workers=num_workers, progress=progress,
+                             desc="embed")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    emb_path, index_path = out / "embeddings.npy", out / "index.csv"
+    with atomic_write(emb_path, "wb") as handle:
+        np.save(handle, feats.embedding.numpy().astype(np.float32))
+    with atomic_write(index_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "identity", "norm"])
+        for path, norm in zip(files, feats.norm.numpy()):
+            rel = path.relative_to(root)
+            writer.writerow([rel.as_posix(), rel.parts[0] if len(rel.parts) > 1 else "", f"{float(norm):.6g}"])
+    features_path = None
+    if save_maps:
+        features_path = out / "features.npz"
+        arrays = {"feature_maps": feats.maps.numpy().astype(np.float16)}  # type: ignore[union-attr]
+        if feats.occlusion is not None:
+            arrays["occlusion"] = feats.occlusion.numpy().astype(np.float16)
+        with atomic_write(features_path, "wb") as handle:
+            np.savez(handle, **arrays)
+    logger.info("embedded %d images from %s into %s", len(files), root, out)
+    return EmbedSummary(len(files), emb_path, index_path, features_path)

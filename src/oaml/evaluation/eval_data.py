@@ -1,0 +1,290 @@
+"""Evaluation inputs: identity folders, LFW-style pair lists and ``.bin`` verification files (SPEC §9).
+
+- **Folder**: ``root/<identity>/.../<image>`` (images at any depth below the identity folder). Every pair i < j of
+  images is scored; genuine when both share the identity folder, never i = j.
+- **Pairs file** (LFW ``pairs.txt`` format, paths relative to the folder): only the listed pairs are scored.
+  Pairs that name absent images are skipped with a warning that lists the images, and counted.
+- **``.bin``** (insightface): ``(2N encoded images, N bools)`` read with the restricted unpickler; pair k is
+  images 2k and 2k + 1.
+
+Images must already be aligned ``S x S`` crops (S = the model's input size, 112). Sizes are checked from the
+file headers before any model work, so a wrong folder fails at once with the file, its size and the hint to run
+``oaml align`` (or pass ``--resize``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from oaml.constants import FACE_SIZE
+from oaml.data.datasets import IMAGE_EXTENSIONS
+from oaml.data.pairs import Pair, parse_pairs, resolve_pairs
+from oaml.data.validation import load_bin
+from oaml.errors import DataError
+
+__all__ = ["EvalImages", "EvalSet", "bin_set", "check_image_sizes", "decode_face", "folder_set", "list_images",
+           "load_eval_set", "pairs_set"]
+
+logger = logging.getLogger(__name__)
+
+_PAIR_EXTENSIONS = (".jpg", ".png")  # what resolve_pairs tries, in order
+_SHOW = 10  # offending files named in one message
+_SHOW_MISSING = 20  # missing images named in the warning (results.json lists all)
+
+
+def decode_face(buf: bytes | np.ndarray, where: str, size: int = FACE_SIZE, resize: bool = False) -> np.ndarray:
+    """Decode an encoded image to a uint8 BGR ``size x size x 3`` array.
+
+    Raises:
+        DataError: If the bytes do not decode, or the image is not ``size x size`` and ``resize`` is False.
+    """
+    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"{where}: cannot decode the image; the file is corrupt or not an image")
+    if image.shape[:2] != (size, size):
+        if not resize:
+            raise DataError(f"{where}: image is {image.shape[1]}x{image.shape[0]}, expected aligned {size}x{size} "
+                            f"faces; run `oaml align` first, or pass --resize to resize (INTER_AREA)")
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return image
+
+
+@dataclass
+class EvalImages:
+    """Images addressed by index, read lazily (picklable, so DataLoader workers can read them).
+
+    Exactly one of ``paths`` and ``blobs`` is set.
+
+    Attributes:
+        names: A display name per image (the path, or ``file.bin[k]``).
+        paths: Image files.
+        blobs: Encoded images held in memory (``.bin`` input).
+        size: Required side in pixels.
+        resize: Resize other sizes instead of raising.
+    """
+
+    names: list[str]
+    paths: list[str] | None = None
+    blobs: list[bytes] | None = None
+    size: int = FACE_SIZE
+    resize: bool = False
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def read(self, index: int) -> np.ndarray:
+        """Image ``index`` as uint8 BGR ``size x size x 3``.
+
+        Raises:
+            DataError: If it cannot be read or decoded, or has the wrong size without ``resize``.
+        """
+        if self.blobs is not None:
+            return decode_face(self.blobs[index], self.names[index], self.size, self.resize)
+        path = self.paths[index]  # type: ignore[index]
+        try:
+            buf = np.fromfile(path, np.uint8)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc})") from exc
+        return decode_face(buf, path, self.size, self.resize)
+
+
+@dataclass
+class EvalSet:
+    """Images plus the pairs to score.
+
+    Attributes:
+        images: The images.
+        identities: Identity name per image ("" when unknown).
+        mode: ``"all_pairs"`` (folder), ``"pairs_file"`` or ``"bin"``.
+        source: The data path.
+        pair_i: First image of each listed pair (None in all-pairs mode).
+        pair_j: Second image of each listed pair.
+        issame: Ground truth of each listed pair.
+        labels: Identity index per image (all-pairs mode).
+        missing_images: Images named by the pairs file but absent (relative paths without extension).
+        skipped_pairs: Listed pairs dropped because an image is missing.
+        pairs_path: The pairs file, if any.
+    """
+
+    images: EvalImages
+    identities: list[str]
+    mode: str
+    source: str
+    pair_i: np.ndarray | None = None
+    pair_j: np.ndarray | None = None
+    issame: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    missing_images: list[str] = field(default_factory=list)
+    skipped_pairs: int = 0
+    pairs_path: str | None = None
+
+    @property
+    def num_identities(self) -> int:
+        """Distinct known identities."""
+        return len({name for name in self.identities if name})
+
+    @property
+    def num_pairs(self) -> int:
+        """Pairs that are scored."""
+        if self.pair_i is not None:
+            return int(self.pair_i.shape[0])
+        n = len(self.images)
+        return n * (n - 1) // 2
+
+
+def list_images(root: str | os.PathLike[str]) -> list[Path]:
+    """Image files under ``root`` at any depth, sorted by relative path; hidden files and folders are skipped.
+
+    Raises:
+        FileNotFoundError: If ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    suffixes = set(IMAGE_EXTENSIONS)
+    found = [p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def check_image_sizes(images: EvalImages) -> None:
+    """Check every image's size from its header (no decoding) unless ``images.resize``.
+
+    Raises:
+        DataError: Naming the count, the first offending files with their sizes and the ``oaml align`` hint.
+    """
+    if images.resize:
+        return
+    from PIL import Image, UnidentifiedImageError
+
+    bad: list[str] = []
+    for k, name in enumerate(images.names):
+        source = io.BytesIO(images.blobs[k]) if images.blobs is not None else images.paths[k]  # type: ignore[index]
+        try:
+            with Image.open(source) as handle:
+                width, height = handle.size
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError(f"{name}: cannot read the image ({exc})") from exc
+        if (width, height) != (images.size, images.size):
+            bad.append(f"{name} ({width}x{height})")
+    if bad:
+        raise DataError(f"{len(bad)} of {len(images)} images are not aligned {images.size}x{images.size} faces: "
+                        f"{', '.join(bad[:_SHOW])}{' ...' if len(bad) > _SHOW else ''}; run `oaml align` first, "
+                        f"or pass --resize to resize them (INTER_AREA)")
+
+
+def folder_set(root: str | os.PathLike[str], size: int = FACE_SIZE, resize: bool = False) -> EvalSet:
+    """All-pairs evaluation of an identity-folder tree.
+
+    Images directly in ``root`` have no identity and are skipped with a warning.
+
+    Raises:
+        FileNotFoundError: If ``root`` is not a folder.
+        DataError: If there are fewer than 2 images with an identity.
+    """
+    root = Path(root)
+    files = list_images(root)
+    loose = [p for p in files if len(p.relative_to(root).parts) < 2]
+    if loose:
+        logger.warning("%d images directly in %s have no identity folder; skipped (e.g. %s)", len(loose), root,
+                       loose[0].name)
+    files = [p for p in files if len(p.relative_to(root).parts) >= 2]
+    if len(files) < 2:
+        raise DataError(f"{root}: found {len(files)} images in identity folders; expected "
+                        f"root/<identity>/<image> with at least 2 images")
+    identities = [p.relative_to(root).parts[0] for p in files]
+    names = sorted(set(identities))
+    labels = np.searchsorted(np.array(names), np.array(identities)).astype(np.int64)
+    images = EvalImages(names=[str(p) for p in files], paths=[str(p) for p in files], size=size, resize=resize)
+    return EvalSet(images=images, identities=identities, mode="all_pairs", source=str(root), labels=labels)
+
+
+def _exists(root: Path, rel: str) -> bool:
+    stem = Path(rel).with_suffix("")
+    return any((root / stem.with_suffix(ext)).is_file() for ext in _PAIR_EXTENSIONS)
+
+
+def pairs_set(root: str | os.PathLike[str], pairs_path: str | os.PathLike[str], size: int = FACE_SIZE,
+              resize: bool = False) -> EvalSet:
+    """The pairs of an LFW-format pairs file, resolved under ``root``; pairs with a missing image are skipped.
+
+    Raises:
+        FileNotFoundError: If ``root`` or the pairs file does not exist.
+        DataError: On a malformed pairs file, or when no pair has both images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    pairs = parse_pairs(pairs_path)
+    present = {rel: _exists(root, rel) for pair in pairs for rel in (pair.path_a, pair.path_b)}
+    missing = sorted(str(Path(rel).with_suffix("")) for rel, ok in present.items() if not ok)
+    kept = [p for p in pairs if present[p.path_a] and present[p.path_b]]
+    if missing:
+        shown = ", ".join(missing[:_SHOW_MISSING]) + (" ..." if len(missing) > _SHOW_MISSING else "")
+        logger.warning("%s: %d images named by the pairs file are absent under %s: %s; skipped the %d pairs that "
+                       "use them", pairs_path, len(missing), root, shown, len(pairs) - len(kept))
+    if not kept:
+        raise DataError(f"{pairs_path}: none of the {len(pairs)} pairs has both images under {root}")
+    resolved: list[Pair] = resolve_pairs(kept, root, extensions=_PAIR_EXTENSIONS)
+    index: dict[str, int] = {}
+    for pair in resolved:
+        for path in (pair.path_a, pair.path_b):
+            index.setdefault(path, len(index))
+    paths = list(index)
+    root_abs = root.resolve()
+    identities = [Path(p).relative_to(root_abs).parts[0] if len(Path(p).relative_to(root_abs).parts) > 1 else ""
+                  for p in paths]
+    images = EvalImages(names=paths, paths=paths, size=size, resize=resize)
+    return EvalSet(images=images, identities=identities, mode="pairs_file", source=str(root),
+                   pair_i=np.array([index[p.path_a] for p in resolved], np.int64),
+                   pair_j=np.array([index[p.path_b] for p in resolved], np.int64),
+                   issame=np.array([p.same for p in resolved], bool), missing_images=missing,
+                   skipped_pairs=len(pairs) - len(kept), pairs_path=str(pairs_path))
+
+
+def bin_set(path: str | os.PathLike[str], size: int = FACE_SIZE, resize: bool = False) -> EvalSet:
+    """The pairs of an insightface ``.bin`` verification file (restricted unpickler; no identities).
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        DataError: If the file is not a valid, safe ``.bin``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"verification file not found: {path}")
+    blobs, issame = load_bin(path)
+    n = len(issame)
+    images = EvalImages(names=[f"{path}[{k}]" for k in range(2 * n)], blobs=blobs, size=size, resize=resize)
+    return EvalSet(images=images, identities=[""] * (2 * n), mode="bin", source=str(path),
+                   pair_i=np.arange(0, 2 * n, 2, dtype=np.int64), pair_j=np.arange(1, 2 * n, 2, dtype=np.int64),
+                   issame=np.asarray(issame, bool))
+
+
+def load_eval_set(data_path: str | os.PathLike[str], pairs_path: str | os.PathLike[str] | None = None,
+                  size: int = FACE_SIZE, resize: bool = False) -> EvalSet:
+    """Dispatch on the input: a ``.bin`` file, a folder with a pairs file, or a folder (all pairs).
+
+    The image sizes are checked up front (see :func:`check_image_sizes`).
+
+    Raises:
+        FileNotFoundError: If a path does not exist.
+        DataError: On unusable data (see the loaders).
+    """
+    data_path = Path(data_path)
+    if data_path.suffix.lower() == ".bin":
+        if pairs_path is not None:
+            raise DataError(f"--pairs cannot be combined with a .bin file ({data_path}); it lists its own pairs")
+        data = bin_set(data_path, size, resize)
+    elif pairs_path is not None:
+        data = pairs_set(data_path, pairs_path, size, resize)
+    else:
+        data = folder_set(data_path, size, resize)
+    check_image_sizes(data.images)
+    return data

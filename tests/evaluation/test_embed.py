@@ -1,0 +1,99 @@
+"""Tests of ``oaml.evaluation.embed``: ``oaml embed`` outputs and deterministic synthetic masks."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from eval_helpers import write_face_folder
+from oaml.cli.eval_commands import add_embed_arguments, embed_command
+from oaml.errors import DataError
+from oaml.evaluation.api import load_model
+from oaml.evaluation.embed import MaskedImages, embed_folder, extract_features
+from oaml.evaluation.eval_data import EvalImages
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two identities (one nested a level deeper) plus one loose image without identity."""
+    root = write_face_folder(tmp_path_factory.mktemp("embed"), [2, 3])
+    nested = root / "id01" / "extra"
+    nested.mkdir()
+    cv2.imwrite(str(nested / "deep.jpg"), np.full((112, 112, 3), 128, np.uint8))
+    cv2.imwrite(str(root / "loose.png"), np.full((112, 112, 3), 30, np.uint8))
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def _read_index(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_embed_folder_writes_embeddings_index_and_maps(oaml_ckpt: Path, mixed_folder: Path, tmp_path: Path) -> None:
+    rec = load_model(oaml_ckpt, batch_size=4)
+    summary = embed_folder(rec, mixed_folder, tmp_path, save_maps=True, progress=False)
+    assert summary.num_images == 7
+    emb = np.load(tmp_path / "embeddings.npy")
+    assert emb.shape == (7, 512) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    rows = _read_index(tmp_path / "index.csv")
+    assert [r["path"] for r in rows] == ["id00/img000.png", "id00/img001.png", "id01/extra/deep.jpg",
+                                         "id01/img000.png", "id01/img001.png", "id01/img002.png", "loose.png"]
+    assert [r["identity"] for r in rows] == ["id00"] * 2 + ["id01"] * 4 + [""]
+    direct, norms = rec.embed([mixed_folder / r["path"] for r in rows])
+    np.testing.assert_allclose(emb, direct, atol=1e-5)
+    np.testing.assert_allclose([float(r["norm"]) for r in rows], norms, rtol=1e-4)
+    with np.load(tmp_path / "features.npz") as features:
+        assert features["feature_maps"].shape == (7, 64, 7, 7) and features["feature_maps"].dtype == np.float16
+        assert features["occlusion"].shape == (7, 1, 7, 7)
+
+
+def test_embed_command_with_released_checkpoint(released_ckpt: Path, mixed_folder: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_embed_arguments(parser)
+    args = parser.parse_args(["--model-path", str(released_ckpt), "--data-path", str(mixed_folder), "--output-dir",
+                              str(tmp_path), "--save-maps", "--num-workers", "0", "--no-progress"])
+    assert embed_command(args) == 0
+    assert "embedded 7 images" in capsys.readouterr().out
+    with np.load(tmp_path / "features.npz") as features:
+        assert set(features.files) == {"feature_maps"}  # no occlusion head in the released layout
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_embed_refuses_other_sizes_and_empty_folders(oaml_ckpt: Path, tmp_path: Path) -> None:
+    root = write_face_folder(tmp_path / "big", [1], size=128)
+    with pytest.raises(DataError, match=r"img000.png \(128x128\).*oaml align"):
+        embed_folder(load_model(oaml_ckpt), root, tmp_path / "out", progress=False)
+    summary = embed_folder(load_model(oaml_ckpt, resize=True), root, tmp_path / "out", progress=False)
+    assert summary.num_images == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        embed_folder(load_model(oaml_ckpt), tmp_path / "empty", tmp_path / "out", progress=False)
+
+
+def test_masks_depend_only_on_the_seed_and_the_image_index(face_folder: Path) -> None:
+    files = sorted(str(p) for p in face_folder.rglob("*.png"))
+    images = EvalImages(names=files, paths=files)
+    forward = MaskedImages(images, np.arange(len(files)), mask_seed=7)
+    backward = MaskedImages(images, np.arange(len(files))[::-1], mask_seed=7)
+    clean = MaskedImages(images, np.arange(len(files)))
+    assert np.array_equal(forward[2], backward[len(files) - 3])
+    assert not np.array_equal(forward[2], clean[2])
+    assert not np.array_equal(forward[2], MaskedImages(images, np.arange(len(files)), mask_seed=8)[2])
+
+
+def test_masked_features_do_not_depend_on_batching(oaml_ckpt: Path, face_folder: Path) -> None:
+    files = sorted(str(p) for p in face_folder.rglob("*.png"))
+    images = EvalImages(names=files, paths=files)
+    one = extract_features(load_model(oaml_ckpt, batch_size=3), images, mask_seed=0, progress=False)
+    two = extract_features(load_model(oaml_ckpt, batch_size=10), images, mask_seed=0, num_workers=1,
+                           progress=False)
+    np.testing.assert_allclose(one.embedding.numpy(), two.embedding.numpy(), atol=1e-5)
+    np.testing.assert_allclose(one.occlusion_flip.numpy(), two.occlusion_flip.numpy(), atol=1e-5)
