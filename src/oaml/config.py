@@ -195,10 +195,13 @@ class EvalConfig:
     eval_qaconv_weight: float = _opt(0.5, "weight of the standardised QAConv score in the combined score")
     masked_protocol: bool = _opt(True, "also validate with a synthetic mask on the second image of each pair")
     val_batch_size: int = _opt(128, "images per validation batch (per device)")
+    val_every_n_epochs: int = _opt(1, "validate every N epochs (the interval within an epoch follows the seed's "
+                                   "rule: once per epoch for runs over 4 epochs, else every tenth)")
 
     def __post_init__(self) -> None:
         for key in ("eval_adaface_weight", "eval_qaconv_weight"):
             _require(getattr(self, key) >= 0, key, getattr(self, key), "expected a weight >= 0")
+        _require(self.val_every_n_epochs >= 1, "val_every_n_epochs", self.val_every_n_epochs, "expected >= 1")
         _require(self.val_batch_size >= 2 and self.val_batch_size % 2 == 0, "val_batch_size",
                  self.val_batch_size, "expected an even integer >= 2 (pairs stay together)")
 
@@ -208,6 +211,7 @@ class SystemConfig:
     """Devices, precision, logging and run control."""
 
     gpus: int = _opt(0, "number of GPUs per node (0 = CPU)")
+    num_processes: int = _opt(1, "CPU processes per node when gpus is 0 (DDP over gloo when > 1)")
     num_nodes: int = _opt(1, "number of nodes for multi-node DDP")
     distributed_backend: str = _opt("ddp", "strategy when more than one device is used: ddp")
     use_16bit: bool = _opt(False, "mixed precision: 16-mixed on GPU, bf16-mixed on CPU")
@@ -225,6 +229,7 @@ class SystemConfig:
 
     def __post_init__(self) -> None:
         _require(self.gpus >= 0, "gpus", self.gpus, "expected an integer >= 0")
+        _require(self.num_processes >= 1, "num_processes", self.num_processes, "expected an integer >= 1")
         _require(self.num_nodes >= 1, "num_nodes", self.num_nodes, "expected an integer >= 1")
         _require(self.distributed_backend != "dp" and self.distributed_backend != "ddp2", "distributed_backend",
                  self.distributed_backend, "dp and ddp2 were removed in Lightning 2; use ddp")
@@ -237,8 +242,8 @@ class SystemConfig:
 
     @property
     def devices(self) -> int:
-        """Devices per node: the GPU count, or one CPU process."""
-        return max(self.gpus, 1)
+        """Devices per node: the GPU count, or the CPU process count."""
+        return self.gpus if self.gpus > 0 else self.num_processes
 
     @property
     def workers(self) -> int:

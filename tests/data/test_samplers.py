@@ -145,3 +145,15 @@ def test_graph_sampler_builds_batches_from_nearest_classes() -> None:
     assert seeds_by_rank[0].isdisjoint(seeds_by_rank[1])
     with pytest.raises(ValueError, match="rows"):
         sampler.set_graph(graph[:5])
+
+
+def test_pair_shard_sampler_gives_whole_pairs_in_equal_blocks() -> None:
+    from oaml.data.samplers import PairShardSampler
+
+    ranks = [list(PairShardSampler(10, 2, r)) for r in range(2)]
+    assert ranks[0] == [0, 1, 2, 3, 4, 5]
+    assert ranks[1] == [6, 7, 8, 9, 8, 9]  # padded with the last pair
+    assert sorted(set(ranks[0] + ranks[1])) == list(range(10))
+    assert list(PairShardSampler(10)) == list(range(10))
+    with pytest.raises(ValueError, match="odd length 9"):
+        PairShardSampler(9)

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from oaml.constants import VAL_SET_NAMES, ChannelOrder
 from oaml.data.datasets import FolderDataset, RecordDataset, resolve_record_path
-from oaml.data.samplers import PKSampler
+from oaml.data.samplers import PairShardSampler, PKSampler
 from oaml.data.transforms import TrainTransform
 from oaml.data.validation import FiveValidationDataset, convert_bin
 
@@ -209,8 +209,10 @@ class OAMLDataModule(LightningDataModule):
     def _val_loaders(self) -> list[DataLoader]:
         if not self.val_datasets:
             self.setup("validate")
-        return [DataLoader(ds, batch_size=self.val_batch_size, shuffle=False, num_workers=self.num_workers,
-                           worker_init_fn=seed_worker, pin_memory=self.pin_memory) for ds in self.val_datasets]
+        rank, world = self._rank_and_world()
+        return [DataLoader(ds, batch_size=self.val_batch_size, sampler=PairShardSampler(len(ds), world, rank),
+                           num_workers=self.num_workers, worker_init_fn=seed_worker, pin_memory=self.pin_memory)
+                for ds in self.val_datasets]
 
     def val_dataloader(self) -> list[DataLoader]:
         """``[clean]`` or ``[clean, masked]`` verification loaders; ``[]`` when no set is present."""

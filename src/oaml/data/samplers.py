@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["GraphSampler", "PKSampler"]
+__all__ = ["GraphSampler", "PKSampler", "PairShardSampler"]
 
 
 def _group_by_label(labels: np.ndarray) -> list[np.ndarray]:
@@ -199,3 +199,33 @@ class GraphSampler(_IdentityBatchSampler):
         pick_rng = np.random.default_rng([self.seed, self.epoch, self.rank + 1])
         return [np.concatenate([self._pick(pick_rng, c) for c in self._batch_classes(pick_rng, int(s))]).tolist()
                 for s in seeds]
+
+
+class PairShardSampler(Sampler[int]):
+    """Sequential sampler over verification images that gives each rank a contiguous block of whole pairs.
+
+    Pairs are images (2k, 2k+1). Rank r gets pairs [r * n, (r + 1) * n) with n = ceil(pairs / replicas); the
+    last ranks are padded by repeating the final pair, so every rank runs the same number of batches. The
+    caller gathers the scores and de-duplicates them by pair index (``PairScores.deduplicated``).
+
+    Args:
+        num_images: length of the verification dataset (even).
+        num_replicas: number of ranks.
+        rank: this rank.
+    """
+
+    def __init__(self, num_images: int, num_replicas: int = 1, rank: int = 0) -> None:
+        if num_images % 2:
+            raise ValueError(f"verification datasets hold pairs; got an odd length {num_images}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
+        pairs = num_images // 2
+        per_rank = -(-pairs // num_replicas)
+        chosen = np.minimum(np.arange(rank * per_rank, (rank + 1) * per_rank), max(pairs - 1, 0))
+        self.indices = np.stack([2 * chosen, 2 * chosen + 1], axis=1).reshape(-1) if pairs else np.zeros(0, int)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices.tolist())

@@ -1,0 +1,148 @@
+"""The only place that turns an :class:`~oaml.config.OamlConfig` into a datamodule, a system and a Trainer."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.strategies import DDPStrategy
+
+from oaml import __version__
+from oaml.config import OamlConfig, data_paths
+from oaml.constants import VAL_SET_NAMES
+from oaml.data.datamodule import OAMLDataModule
+from oaml.losses import CombinedLoss
+from oaml.models import ClassMemory, build_face_model, build_head
+from oaml.training.callbacks import BatchPreview, SignalCheckpoint
+from oaml.training.checkpoint_io import AtomicCheckpointIO
+from oaml.training.system import OamlSystem, OptimSettings
+
+__all__ = ["build_datamodule", "build_loss", "build_system", "build_trainer", "val_check_interval"]
+
+logger = logging.getLogger(__name__)
+
+
+def _memfile_dir(val_path: Path) -> Path:
+    """Converted verification sets go next to the .bin files, or to a cache folder if that is read-only."""
+    if os.access(val_path, os.W_OK):
+        return val_path / "memfiles"
+    digest = hashlib.sha256(str(val_path.resolve()).encode()).hexdigest()[:16]
+    return Path(os.environ.get("OAML_CACHE", Path.home() / ".cache" / "oaml")) / "memfiles" / digest
+
+
+def build_datamodule(config: OamlConfig) -> OAMLDataModule:
+    """The datamodule of ``config``; the batch size is divided over all devices of all nodes."""
+    train_path, val_path = data_paths(config)
+    world = config.system.devices * config.system.num_nodes
+    subset = None
+    if config.data.train_data_subset:
+        subset = Path(config.data.subset_index) if config.data.subset_index else \
+            train_path / "ms1mv2_train_subset_index.txt"
+    has_val = val_path.is_dir()
+    if not has_val:
+        logger.warning("validation folder %s not found: training runs without validation", val_path)
+    augment = config.augment
+    return OAMLDataModule(
+        None if config.system.evaluate else train_path, val_path if has_val else None,
+        val_memfile_dir=_memfile_dir(val_path) if has_val else None,
+        batch_size=config.train.batch_size // world, k=config.loss.instances_per_identity,
+        num_workers=config.system.workers, mask_prob=augment.mask_prob, flip_prob=augment.flip_prob,
+        crop_prob=augment.crop_augmentation_prob, low_res_prob=augment.low_res_augmentation_prob,
+        photometric_prob=augment.photometric_augmentation_prob, channel_order=config.channel_order,
+        seed=config.train.seed, subset_index=subset, val_masked=config.eval.masked_protocol,
+        val_batch_size=config.eval.val_batch_size, pin_memory=config.system.gpus > 0)
+
+
+def build_loss(config: OamlConfig) -> CombinedLoss:
+    """The combined objective with the configured weights."""
+    loss = config.loss
+    return CombinedLoss(loss.adaface_loss_weight, loss.qaconv_loss_weight, loss.occlusion_loss_weight,
+                        loss.triplet_weight, loss.triplet_margin)
+
+
+def build_system(config: OamlConfig, num_classes: int, class_names: list[str] | None = None,
+                 val_set_names: list[str] | None = None) -> OamlSystem:
+    """Model, margin head, class memory and objective of ``config`` wrapped in an :class:`OamlSystem`."""
+    model = build_face_model(config.model.arch, config.model.width, config.data.input_size)
+    head = build_head(config.model.head, embedding_size=model.backbone.embedding_size, num_classes=num_classes,
+                      m=config.model.m, h=config.model.h, s=config.model.s, t_alpha=config.model.t_alpha)
+    loss = build_loss(config)
+    memory = None
+    if loss.uses_class_memory:
+        qa = model.qaconv
+        memory = ClassMemory(num_classes, qa.num_features, qa.height, qa.width, config.loss.k_nearest,
+                             device="cpu" if config.loss.class_memory_on_cpu else None)
+    optim = OptimSettings(config.train.lr, config.train.momentum, config.train.weight_decay,
+                          config.train.lr_milestones, config.train.lr_gamma, config.train.warmup_epochs)
+    metadata = {"config": config.to_dict(), "class_names": list(class_names or []), "num_classes": num_classes,
+                "version": __version__}
+    return OamlSystem(model, head, loss, memory, optim, occlusion_aware=config.loss.occlusion_method == "scaling",
+                      eval_weights=(config.eval.eval_adaface_weight, config.eval.eval_qaconv_weight),
+                      val_set_names=val_set_names or list(VAL_SET_NAMES),
+                      max_nonfinite_steps=config.train.max_nonfinite_steps,
+                      log_every_n_steps=config.train.log_every_n_steps, metadata=metadata)
+
+
+def val_check_interval(epochs: int) -> float:
+    """The seed's rule: validate once per epoch for runs longer than 4 epochs, else every tenth of an epoch."""
+    return 1.0 if epochs > 4 else 0.1
+
+
+def _loggers(config: OamlConfig, experiment_dir: Path) -> list[Logger]:
+    loggers: list[Logger] = [CSVLogger(experiment_dir, name="", version="")]
+    if config.system.wandb:
+        try:
+            from lightning.pytorch.loggers import WandbLogger
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ImportError('--wandb needs the wandb extra: pip install "oaml[wandb]"') from None
+        loggers.append(WandbLogger(project=config.system.wandb_project, name=experiment_dir.name,
+                                   save_dir=str(experiment_dir), offline=config.system.wandb_offline))
+    return loggers
+
+
+def _strategy(config: OamlConfig, loss: CombinedLoss) -> str | DDPStrategy:
+    if config.system.devices * config.system.num_nodes == 1:
+        return "auto"
+    if config.system.distributed_backend == "ddp_spawn":
+        return "ddp_spawn"
+    # Disabled branches leave parameters without gradients; only then does DDP need to search for them.
+    unused = (not loss.uses_adaface or not loss.uses_qaconv or not loss.uses_occlusion
+              or config.system.distributed_backend == "ddp_find_unused_parameters_true")
+    return DDPStrategy(find_unused_parameters=unused)
+
+
+def build_trainer(config: OamlConfig, experiment_dir: Path, monitor_validation: bool,
+                  max_epochs: int | None = None) -> pl.Trainer:
+    """A Lightning Trainer: devices, DDP, precision, checkpoints (best + last), CSV/W&B logs, signals."""
+    gpu = config.system.gpus > 0
+    if gpu and not torch.cuda.is_available():
+        raise RuntimeError(f"--gpus {config.system.gpus} was given but CUDA is not available; use --gpus 0")
+    precision = ("16-mixed" if gpu else "bf16-mixed") if config.system.use_16bit else "32-true"
+    checkpoint_dir = experiment_dir / "checkpoints"
+    if monitor_validation:
+        checkpoint = ModelCheckpoint(checkpoint_dir, filename="best", monitor="val_acc", mode="max", save_last=True,
+                                     enable_version_counter=False)
+    else:
+        checkpoint = ModelCheckpoint(checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False)
+    epochs = max_epochs or config.train.epochs
+    return pl.Trainer(
+        accelerator="gpu" if gpu else "cpu", devices=config.system.devices, num_nodes=config.system.num_nodes,
+        strategy=_strategy(config, build_loss(config)), precision=precision, max_epochs=epochs,
+        callbacks=[checkpoint, LearningRateMonitor("step"), TQDMProgressBar(refresh_rate=10),
+                   SignalCheckpoint(checkpoint_dir),
+                   BatchPreview(experiment_dir / "preview.png", config.channel_order)],
+        logger=_loggers(config, experiment_dir), default_root_dir=experiment_dir,
+        val_check_interval=val_check_interval(epochs), check_val_every_n_epoch=config.eval.val_every_n_epochs,
+        num_sanity_val_steps=0,
+        accumulate_grad_batches=config.train.accumulate_grad_batches,
+        gradient_clip_val=config.train.gradient_clip_val or None, use_distributed_sampler=False,
+        fast_dev_run=config.system.fast_dev_run, limit_train_batches=config.train.limit_train_batches,
+        deterministic=config.system.deterministic or None, log_every_n_steps=min(config.train.log_every_n_steps, 50),
+        plugins=[AtomicCheckpointIO()], enable_model_summary=False)

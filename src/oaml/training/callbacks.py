@@ -1,0 +1,95 @@
+"""Training callbacks: a resumable checkpoint on SIGTERM/SIGINT, and a preview of the first training batch."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from oaml.constants import ChannelOrder
+from oaml.data.preview import save_preview
+
+__all__ = ["BatchPreview", "SignalCheckpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+class SignalCheckpoint(Callback):
+    """Save ``last.ckpt`` (resumable, mid-epoch) when the run is asked to stop.
+
+    SIGTERM is Lightning's: it finishes the current batch and raises ``SIGTERMException``, on which this
+    callback saves. SIGINT (Ctrl+C) is taken over during ``fit`` so that it too only sets a flag: the current
+    optimizer step completes, the checkpoint is written atomically, and training stops. A second SIGINT
+    falls back to the default behaviour.
+
+    Args:
+        checkpoint_dir: where ``last.ckpt`` goes.
+    """
+
+    def __init__(self, checkpoint_dir: str | Path) -> None:
+        self.path = Path(checkpoint_dir) / "last.ckpt"
+        self.requested: int | None = None
+        self.interrupted = False
+        self._previous: Any = None
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = signum
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+        logger.warning("SIGINT received: finishing the current step, then saving %s", self.path)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.requested is not None and not self.interrupted:
+            self._save(trainer, f"signal {self.requested}")
+            trainer.should_stop = True
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and not self.interrupted:
+            self._save(trainer, "SIGTERM")
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _save(self, trainer: pl.Trainer, reason: str) -> None:
+        trainer.save_checkpoint(self.path)
+        self.interrupted = True
+        logger.warning("%s: saved a resumable checkpoint to %s (resume with --resume_from_checkpoint %s)",
+                       reason, self.path, self.path)
+
+
+class BatchPreview(Callback):
+    """Save the first augmented training batch, with the mask outlines, as a PNG (rank 0 only).
+
+    Lets a user check at a glance that the masks sit on the faces and the colours are right.
+
+    Args:
+        path: the PNG to write.
+        channel_order: channel order of the batch tensors.
+    """
+
+    def __init__(self, path: str | Path, channel_order: ChannelOrder = ChannelOrder.BGR) -> None:
+        self.path = Path(path)
+        self.channel_order = channel_order
+        self.saved = False
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.saved or not trainer.is_global_zero:
+            return
+        images, _, visibility = batch
+        save_preview(images.detach().float().cpu(), visibility.detach().float().cpu(), self.path, self.channel_order)
+        self.saved = True
+        logger.info("preview of the first training batch: %s", self.path)
