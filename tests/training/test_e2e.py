@@ -47,15 +47,17 @@ def _untrained_checkpoint(config: OamlConfig, path: Path) -> Path:
 
 
 def test_short_run_beats_chance_and_the_untrained_model(data_dir: Path, tmp_path: Path) -> None:
-    config = _config(data_dir, tmp_path / "runs", epochs=6, lr_milestones="5")
+    config = _config(data_dir, tmp_path / "runs", epochs=6, lr_milestones="5", val_every_n_epochs=3)
     untrained = run_training(config.replace(evaluate=True, start_from_model_statedict=str(
         _untrained_checkpoint(config, tmp_path / "untrained.ckpt"))))
     trained = run_training(config)
-    # Measured on this data (seed 3): untrained ~0.60 (pixel statistics alone separate some pairs),
-    # trained ~0.80 after 6 epochs. The thresholds leave room for platform noise.
-    assert trained.test_metrics["avg_combined_acc"] > 0.70
-    assert trained.test_metrics["avg_adaface_acc"] > 0.65
-    assert trained.test_metrics["avg_combined_acc"] > untrained.val_metrics["avg_combined_acc"] + 0.05
+    # Measured on this data (seed 3, one thread): untrained 0.706 combined (pixel statistics alone separate
+    # some synthetic pairs), trained 0.872 combined / 0.866 AdaFace / 0.842 QAConv after 6 epochs.
+    # The thresholds leave about 0.07 for platform differences.
+    assert trained.test_metrics["avg_combined_acc"] > 0.80
+    assert trained.test_metrics["avg_adaface_acc"] > 0.78
+    assert trained.test_metrics["avg_qaconv_acc"] > 0.75
+    assert trained.test_metrics["avg_combined_acc"] > untrained.val_metrics["avg_combined_acc"] + 0.10
     for name in ("config.yaml", "metrics.csv", "preview.png", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
         assert (trained.experiment_dir / name).is_file(), name
 
@@ -99,8 +101,8 @@ def test_ddp_two_cpu_processes_and_evaluate_reproduces_metrics(data_dir: Path, t
     common = ["--data_root", str(data_dir.parent), "--train_data_path", data_dir.name, "--val_data_path",
               data_dir.name, "--arch", "ir_18", "--width", "0.125", "--batch_size", "32", "--k_nearest", "8",
               "--num_workers", "0", "--val_batch_size", "100", "--no-masked_protocol"]
-    _cli(*common, "--epochs", "5", "--lr_milestones", "4", "--num_processes", "2", "--output_dir",
-         str(tmp_path / "ddp"), cwd=tmp_path)
+    _cli(*common, "--epochs", "5", "--lr_milestones", "4", "--val_every_n_epochs", "5", "--num_processes", "2",
+         "--output_dir", str(tmp_path / "ddp"), cwd=tmp_path)
     (ddp_run,) = (tmp_path / "ddp").iterdir()
     assert (ddp_run / "checkpoints" / "best.ckpt").is_file()
     best = torch.load(ddp_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)

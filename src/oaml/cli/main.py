@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_arguments(evaluate)
     demo = sub.add_parser("demo", help="train a small model on built-in synthetic faces and print accuracies")
     demo.add_argument("--cache-dir", default=None, help="where the synthetic data and the run go")
-    demo.add_argument("--epochs", type=int, default=8, help="training epochs (about 20 s each on two cores)")
+    demo.add_argument("--epochs", type=int, default=16, help="training epochs")
     synthetic = sub.add_parser("make-synthetic", help="draw a procedural face dataset (train.rec + .bin files)")
     _add_synthetic_arguments(synthetic)
     add_embed_arguments(sub.add_parser("embed", help="write embeddings of a folder of aligned faces"))

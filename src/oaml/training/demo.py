@@ -22,30 +22,31 @@ __all__ = ["DEMO_DATA", "demo_config", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
-DEMO_DATA = {"identities": 120, "images": 16, "seed": 0, "val_pairs": 300}
-"""Size of the demo's synthetic dataset: 1,920 training images, 300 pairs per verification set."""
+DEMO_DATA = {"identities": 200, "images": 12, "seed": 0, "val_pairs": 200}
+"""Size of the demo's synthetic dataset: 2,400 training images, 200 pairs per verification set."""
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("OAML_CACHE", Path.home() / ".cache" / "oaml")) / "demo"
 
 
-def demo_config(data_dir: Path, output_dir: Path, epochs: int = 8) -> OamlConfig:
+def demo_config(data_dir: Path, output_dir: Path, epochs: int = 16) -> OamlConfig:
     """The demo's configuration (the same values as ``configs/tiny_cpu.yaml``)."""
     config = config_from_dict(
         {"data": {"data_root": str(data_dir.parent), "train_data_path": data_dir.name,
                   "val_data_path": data_dir.name},
-         "train": {"epochs": epochs, "batch_size": 64, "lr": 0.1, "lr_milestones": [max(1, epochs - 3), epochs - 1],
-                   "warmup_epochs": 1.0, "log_every_n_steps": 10},
+         "train": {"epochs": epochs, "batch_size": 64, "lr": 0.1,
+                   "lr_milestones": [max(1, epochs * 5 // 8), max(2, epochs * 7 // 8)], "warmup_epochs": 1.0,
+                   "log_every_n_steps": 10},
          "model": {"arch": "ir_18", "width": 0.125},
          "loss": {"k_nearest": 16},
-         "eval": {"val_batch_size": 128},
+         "eval": {"val_batch_size": 128, "val_every_n_epochs": max(1, epochs // 2)},
          "system": {"use_16bit": False, "num_workers": 2, "prefix": "demo", "output_dir": str(output_dir)}})
     validate(config)
     return config
 
 
-def run_demo(cache_dir: str | os.PathLike[str] | None = None, epochs: int = 8) -> TrainingResult:
+def run_demo(cache_dir: str | os.PathLike[str] | None = None, epochs: int = 16) -> TrainingResult:
     """Make (or reuse) the synthetic data, train, test the best checkpoint and print the table."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     data_dir = root / "synthetic"
