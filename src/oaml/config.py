@@ -76,10 +76,14 @@ class DataConfig:
     channel_order: str = _opt("bgr", "channel order the backbone expects: bgr (AdaFace weights) or rgb "
                               "(insightface weights)")
     input_size: int = _opt(112, "side of the aligned input face in pixels")
+    max_bad_fraction: float = _opt(0.001, "abort training when more than this fraction of the training images is "
+                                   "unreadable (each one is skipped, logged and replaced by another image of its "
+                                   "identity until then)")
 
     def __post_init__(self) -> None:
         _require(self.channel_order in {c.value for c in ChannelOrder}, "channel_order", self.channel_order,
                  "choose bgr or rgb")
+        _prob("max_bad_fraction", self.max_bad_fraction)
         _require(self.input_size >= 32 and self.input_size % 16 == 0, "input_size", self.input_size,
                  "expected a multiple of 16, at least 32")
 

@@ -49,7 +49,8 @@ def decode_image(buf: bytes | np.ndarray, where: str, resize: bool = False) -> n
     Raises:
         DataError: if the bytes do not decode, or the size is not 112x112 and ``resize`` is False.
     """
-    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+    # cv2.imdecode raises (instead of returning None) on an empty buffer, e.g. a record with no image bytes.
+    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR) if len(buf) else None
     if image is None:
         raise DataError(f"{where}: cannot decode the image ({len(buf)} bytes); the file is corrupt or not an image")
     if image.shape[:2] != (FACE_SIZE, FACE_SIZE):
@@ -130,8 +131,11 @@ class RecordIndex:
         digest = hashlib.sha1(str(rec_path.resolve()).encode()).hexdigest()[:12]
         if cache_dir is not None:  # an explicit cache folder is the only location
             return [Path(cache_dir) / f"{rec_path.stem}-{digest}.labels.npz"]
-        return [rec_path.with_name(f"{rec_path.stem}.labels.npz"),
-                _default_cache_dir() / f"{rec_path.stem}-{digest}.labels.npz"]
+        fallback = _default_cache_dir() / f"{rec_path.stem}-{digest}.labels.npz"
+        # A folder without write bits is read-only by intent (a shared dataset), even for root, who could write.
+        if not os.stat(rec_path.parent).st_mode & 0o222:
+            return [fallback]
+        return [rec_path.with_name(f"{rec_path.stem}.labels.npz"), fallback]
 
     @staticmethod
     def _read_cache(path: Path, stamp: np.ndarray) -> tuple[np.ndarray, np.ndarray, str] | None:
@@ -175,9 +179,9 @@ class RecordIndex:
         for position, key in enumerate(keys):
             head = reader.read_header(key)
             value = head.label[0] if isinstance(head.label, tuple) else head.label
-            if not math.isfinite(value) or value < 0 or value != int(value):
+            if not math.isfinite(value) or not 0 <= value < 2**31 or value != int(value):
                 raise RecordIOError(f"{reader.rec_path} key {key} offset {reader.index[key]}: class label "
-                                    f"{value} is not a non-negative integer")
+                                    f"{value} is not a non-negative integer below 2**31")
             raw[position] = int(value)
         return np.asarray(keys, np.int64), raw, layout
 

@@ -50,10 +50,16 @@ def _split(line: str) -> list[str]:
     return [f.strip() for f in line.split("\t")] if "\t" in line else line.split()
 
 
+def _natural(field: str) -> int | None:
+    """``int(field)`` for 1-18 ASCII digits, else None (``str.isdigit`` accepts '²', which ``int`` rejects)."""
+    return int(field) if field.isascii() and field.isdigit() and len(field) <= 18 else None
+
+
 def _image_number(field: str, path: Path, lineno: int, line: str) -> int:
-    if not field.isdigit() or int(field) < 1:
+    number = _natural(field)
+    if number is None or number < 1:
         raise DataError(f"{path}:{lineno}: image number must be a positive integer, got {field!r} in {line!r}")
-    return int(field)
+    return number
 
 
 def _parse_line(fields: list[str], path: Path, lineno: int, line: str, ext: str) -> tuple[str, str, bool]:
@@ -71,9 +77,10 @@ def _parse_line(fields: list[str], path: Path, lineno: int, line: str, ext: str)
 
 def _parse_header(fields: list[str]) -> tuple[int, int] | None:
     """``(folds, pairs per fold)`` if ``fields`` is a header line, else None."""
-    if 1 <= len(fields) <= 2 and all(f.isdigit() for f in fields):
-        n_folds, per_half = (1, int(fields[0])) if len(fields) == 1 else (int(fields[0]), int(fields[1]))
-        return n_folds, 2 * per_half
+    numbers = [_natural(f) for f in fields]
+    if 1 <= len(fields) <= 2 and None not in numbers:
+        n_folds, per_half = (1, numbers[0]) if len(numbers) == 1 else (numbers[0], numbers[1])
+        return n_folds, 2 * per_half  # type: ignore[operator]
     return None
 
 

@@ -112,6 +112,8 @@ def read_idx(path: str | os.PathLike[str]) -> dict[int, int]:
                 raise RecordIOError(f"{path}:{line_no}: expected 'key<TAB>offset', found {line.strip()[:80]!r}") from None
             if offset < 0:
                 raise RecordIOError(f"{path}:{line_no}: negative offset {offset} for key {key}")
+            if not -(2**63) <= key < 2**63:  # keys become int64 arrays downstream
+                raise RecordIOError(f"{path}:{line_no}: key {key} does not fit in 64 bits")
             index[key] = offset
     return index
 
@@ -183,6 +185,10 @@ class RecordReader:
                 raise RecordIOError(f"{where}: bad magic 0x{magic:08X} at offset {offset} "
                                     f"(expected 0x{MAGIC:08X}); not a RecordIO file or a wrong .idx")
             cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+            if offset + _CHUNK_HEAD.size + length > self.size:  # checked before os.pread allocates `length` bytes
+                raise RecordIOError(f"{where}: the chunk at offset {offset} announces {length} bytes at offset "
+                                    f"{offset + _CHUNK_HEAD.size}, past the end of the {self.size}-byte file "
+                                    f"(truncated or corrupt .rec)")
             parts.append(self._pread(length, offset + _CHUNK_HEAD.size, where))
             offset += _CHUNK_HEAD.size + length + (-length % 4)
             if cflag in (0, 3):

@@ -4,7 +4,8 @@ The insightface ``.bin`` files are Python-2 pickles of ``(list of 2N encoded ima
 pickle can call any importable function while it loads, so these files are opened with an unpickler whose
 ``find_class`` allows only what such a file needs:
 
-- the builtin containers (``set``, ``frozenset``, ``bytearray``; lists, tuples and dicts need no global);
+- the builtin containers (``set``, ``frozenset``, ``bytearray`` of bytes or a latin-1 ``str`` only; lists, tuples and
+  dicts need no global);
 - ``_codecs.encode`` restricted to ``(str, "latin1")``, which Python 3 emits for ``bytes`` under protocol 2;
 - numpy arrays of ``uint8`` or ``bool`` (``_reconstruct`` with ``ndarray`` as the class, ``dtype`` of those two
   kinds only), because some tools write the encoded images as uint8 arrays.
@@ -12,6 +13,11 @@ pickle can call any importable function while it loads, so these files are opene
 Every other global raises :class:`~oaml.errors.UnsafePickleError` naming the file and the global *before*
 anything is called, so a malicious file executes nothing. Python-2 ``str`` objects load as ``bytes``
 (``encoding="bytes"``), as insightface itself loads them.
+
+Before unpickling, the opcode stream is scanned once (:func:`pickletools.genops`, which executes nothing): every
+length-prefixed argument must fit in the data and every memo index must stay below the number of opcodes seen so
+far. CPython's C unpickler allocates a ``BINBYTES`` length or grows its memo to twice a ``PUT`` index *before*
+reading, so without this check a few crafted bytes ask for gigabytes.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import io
 import logging
 import os
 import pickle
+import pickletools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +51,16 @@ def _latin1_encode(text: object, encoding: object = "latin1", errors: object = "
     return text.encode("latin1")
 
 
+def _bytearray(data: object = b"", encoding: object = None) -> bytearray:
+    """``bytearray`` limited to a copy of bytes or a latin-1 ``str`` (never ``bytearray(n)``, which allocates n)."""
+    if isinstance(data, (bytes, bytearray)) and encoding is None:
+        return bytearray(data)
+    if isinstance(data, str) and encoding in ("latin1", "latin-1"):
+        return bytearray(data, "latin1")
+    raise pickle.UnpicklingError(f"bytearray is only allowed from bytes or (str, 'latin1'), got "
+                                 f"({type(data).__name__}, {encoding!r})")
+
+
 def _reconstruct(cls: object, shape: object, dtype_code: object) -> np.ndarray:
     """``numpy.core.multiarray._reconstruct`` limited to plain ``ndarray`` (no subclasses, no object arrays)."""
     if cls is not np.ndarray:
@@ -66,10 +83,10 @@ def _dtype(spec: object, align: object = False, copy: object = True) -> np.dtype
 _ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
-    ("builtins", "bytearray"): bytearray,
+    ("builtins", "bytearray"): _bytearray,
     ("__builtin__", "set"): set,
     ("__builtin__", "frozenset"): frozenset,
-    ("__builtin__", "bytearray"): bytearray,
+    ("__builtin__", "bytearray"): _bytearray,
     ("_codecs", "encode"): _latin1_encode,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): _dtype,
@@ -111,6 +128,26 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self.source}: the pickle uses a persistent id ({pid!r}); refusing to load it")
 
 
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _check_opcodes(data: bytes, source: str) -> None:
+    """Walk the opcodes without executing them; refuse oversized lengths and far-away memo indices.
+
+    Raises:
+        DataError: naming ``source``, the byte position and the problem.
+    """
+    try:
+        for count, (opcode, arg, position) in enumerate(pickletools.genops(data)):
+            if opcode.name in _MEMO_PUTS and not 0 <= int(arg) <= count:
+                raise DataError(f"{source}: memo index {arg} at byte {position} is beyond the {count} opcodes "
+                                f"read so far; not a pickle a pickler writes")
+    except DataError:
+        raise
+    except Exception as exc:  # genops raises ValueError for truncated arguments and unknown opcodes
+        raise DataError(f"{source}: not a valid verification pickle ({type(exc).__name__}: {exc})") from exc
+
+
 def safe_loads(data: bytes, source: str = "<bytes>") -> Any:
     """Unpickle ``data`` with :class:`RestrictedUnpickler`.
 
@@ -122,12 +159,12 @@ def safe_loads(data: bytes, source: str = "<bytes>") -> Any:
         UnsafePickleError: if the pickle references a global that is not allowed.
         DataError: if the bytes are not a valid pickle.
     """
+    _check_opcodes(data, source)
     try:
         return RestrictedUnpickler(io.BytesIO(data), source).load()
     except UnsafePickleError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, UnicodeDecodeError) as exc:
+    except Exception as exc:  # untrusted bytes: whatever the unpickler raises (MemoryError too) means "bad file"
         raise DataError(f"{source}: not a valid verification pickle ({type(exc).__name__}: {exc})") from exc
 
 

@@ -58,7 +58,7 @@ def load_bin(bin_path: str | os.PathLike[str]) -> tuple[list[bytes], np.ndarray]
         issame = np.asarray(raw_issame, dtype=bool).reshape(-1)
         images = [bytes(np.asarray(img, dtype=np.uint8).reshape(-1)) if not isinstance(img, (bytes, bytearray))
                   else bytes(img) for img in raw_images]
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an int where image bytes belong
         raise DataError(f"{bin_path}: images must be encoded bytes and issame bools ({exc})") from exc
     if len(images) != 2 * len(issame):
         raise DataError(f"{bin_path}: {len(images)} images for {len(issame)} pairs; expected 2 per pair")
@@ -97,7 +97,8 @@ def _is_current(out_dir: Path, name: str, sha: str, order: ChannelOrder) -> bool
 
 
 def _decode(buf: bytes, where: str) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+    # cv2.imdecode raises (instead of returning None) on an empty buffer, e.g. a record with no image bytes.
+    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR) if len(buf) else None
     if image is None:
         raise DataError(f"{where}: cannot decode the image ({len(buf)} bytes)")
     if image.shape[:2] != (FACE_SIZE, FACE_SIZE):
@@ -155,6 +156,9 @@ def convert_bin(bin_path: str | os.PathLike[str], out_dir: str | os.PathLike[str
                 "channel_order": order.value, "num_pairs": int(len(issame)), "source": bin_path.name,
                 "source_sha256": sha}
         tmp_sidecar.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        # An old sidecar would vouch for a half-replaced set if the renames below were interrupted; without one
+        # the set reads as "not converted" until the new sidecar lands.
+        sidecar_path.unlink(missing_ok=True)
         _fsync_replace(tmp_data, data_path)
         _fsync_replace(tmp_issame, issame_path)
         _fsync_replace(tmp_sidecar, sidecar_path)

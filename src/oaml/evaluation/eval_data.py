@@ -45,7 +45,8 @@ def decode_face(buf: bytes | np.ndarray, where: str, size: int = FACE_SIZE, resi
     Raises:
         DataError: If the bytes do not decode, or the image is not ``size x size`` and ``resize`` is False.
     """
-    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+    # cv2.imdecode raises (instead of returning None) on an empty buffer, e.g. a record with no image bytes.
+    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR) if len(buf) else None
     if image is None:
         raise DataError(f"{where}: cannot decode the image; the file is corrupt or not an image")
     if image.shape[:2] != (size, size):

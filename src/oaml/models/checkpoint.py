@@ -47,7 +47,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, Any]:
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        CheckpointError: if the file needs unsafe unpickling or does not hold a mapping.
+        CheckpointError: if the file needs unsafe unpickling, is not a readable torch file (truncated, empty,
+            another format) or does not hold a mapping.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -59,6 +60,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, Any]:
             f"checkpoint {path!r} needs unsafe unpickling (it holds objects other than tensors and plain "
             f"containers); refused. Re-save it with only tensors and plain values. Detail: {exc}"
         ) from exc
+    except Exception as exc:  # torch raises RuntimeError/EOFError/KeyError... for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path!r} is not a readable torch checkpoint (truncated or another "
+                              f"format): {type(exc).__name__}: {exc}") from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path!r} holds a {type(obj).__name__}, expected a mapping")
     return obj

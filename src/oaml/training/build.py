@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -19,7 +20,7 @@ from oaml.constants import VAL_SET_NAMES
 from oaml.data.datamodule import OAMLDataModule
 from oaml.losses import CombinedLoss
 from oaml.models import ClassMemory, build_face_model, build_head
-from oaml.training.callbacks import BatchPreview, SignalCheckpoint
+from oaml.training.callbacks import BatchPreview, SignalCheckpoint, SkippedImagesSummary
 from oaml.training.checkpoint_io import AtomicCheckpointIO
 from oaml.training.system import OamlSystem, OptimSettings
 
@@ -56,7 +57,8 @@ def build_datamodule(config: OamlConfig) -> OAMLDataModule:
         crop_prob=augment.crop_augmentation_prob, low_res_prob=augment.low_res_augmentation_prob,
         photometric_prob=augment.photometric_augmentation_prob, channel_order=config.channel_order,
         seed=config.train.seed, subset_index=subset, val_masked=config.eval.masked_protocol,
-        val_batch_size=config.eval.val_batch_size, pin_memory=config.system.gpus > 0)
+        val_batch_size=config.eval.val_batch_size, max_bad_fraction=config.data.max_bad_fraction,
+        pin_memory=config.system.gpus > 0)
 
 
 def build_loss(config: OamlConfig) -> CombinedLoss:
@@ -95,6 +97,9 @@ def val_check_interval(epochs: int) -> float:
 
 
 def _loggers(config: OamlConfig, experiment_dir: Path) -> list[Logger]:
+    # metrics.csv goes straight into the experiment folder, next to config.yaml; Lightning warns about any
+    # non-empty log folder, although it only replaces its own metrics file.
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     loggers: list[Logger] = [CSVLogger(experiment_dir, name="", version="")]
     if config.system.wandb:
         try:
@@ -136,7 +141,7 @@ def build_trainer(config: OamlConfig, experiment_dir: Path, monitor_validation: 
         accelerator="gpu" if gpu else "cpu", devices=config.system.devices, num_nodes=config.system.num_nodes,
         strategy=_strategy(config, build_loss(config)), precision=precision, max_epochs=epochs,
         callbacks=[checkpoint, LearningRateMonitor("step"), TQDMProgressBar(refresh_rate=10),
-                   SignalCheckpoint(checkpoint_dir),
+                   SignalCheckpoint(checkpoint_dir), SkippedImagesSummary(),
                    BatchPreview(experiment_dir / "preview.png", config.channel_order)],
         logger=_loggers(config, experiment_dir), default_root_dir=experiment_dir,
         val_check_interval=val_check_interval(epochs), check_val_every_n_epoch=config.eval.val_every_n_epochs,

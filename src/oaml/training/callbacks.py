@@ -1,4 +1,5 @@
-"""Training callbacks: a resumable checkpoint on SIGTERM/SIGINT, and a preview of the first training batch."""
+"""Training callbacks: a resumable checkpoint on SIGTERM/SIGINT, a preview of the first training batch, and an
+epoch-end summary of the unreadable training images that were skipped."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from oaml.constants import ChannelOrder
 from oaml.data.preview import save_preview
 
-__all__ = ["BatchPreview", "SignalCheckpoint"]
+__all__ = ["BatchPreview", "SignalCheckpoint", "SkippedImagesSummary"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,3 +94,32 @@ class BatchPreview(Callback):
         save_preview(images.detach().float().cpu(), visibility.detach().float().cpu(), self.path, self.channel_order)
         self.saved = True
         logger.info("preview of the first training batch: %s", self.path)
+
+
+class SkippedImagesSummary(Callback):
+    """Log at the end of each training epoch how many unreadable training images were skipped, and which.
+
+    The training datasets skip an undecodable image, log it and return another image of the same identity
+    (``replace_on_error``), and abort past ``max_bad_fraction``; this callback adds the per-epoch summary. Each
+    DataLoader worker keeps its own list, so with ``num_workers > 0`` the summary covers the images loaded in
+    this process only (the workers still log every skipped image as it happens).
+
+    Args:
+        max_listed: at most this many image keys/paths are listed per summary.
+    """
+
+    def __init__(self, max_listed: int = 20) -> None:
+        self.max_listed = max_listed
+        self.reported = 0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dataset = getattr(getattr(trainer, "datamodule", None), "train_dataset", None)
+        skipped: list[tuple[str, str]] = list(getattr(dataset, "skipped", None) or [])
+        new = skipped[self.reported:]
+        if not new:
+            return
+        self.reported = len(skipped)
+        listed = ", ".join(where for where, _ in new[:self.max_listed]) + (" ..." if len(new) > self.max_listed else "")
+        logger.warning("epoch %d: %d unreadable training image(s) skipped and replaced by another image of the same "
+                       "identity (%d in total, of %d): %s", trainer.current_epoch, len(new), len(skipped),
+                       len(dataset), listed)  # type: ignore[arg-type]
