@@ -16,6 +16,12 @@ from typing import IO, Any
 __all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """fsync a folder so a rename inside it is durable (a no-op where folders cannot be opened)."""
     try:
@@ -39,6 +45,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; published files get the usual permissions
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle

@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from collections.abc import Callable
 
 from oaml.cli.eval_commands import embed_command, eval_command
+from oaml.cli.tool_commands import align_command, convert_command, export_command
 
 __all__ = ["run"]
 
-log = logging.getLogger("oaml")
-
-
-def _not_available(command: str) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        print(f"oaml {command}: not available yet in oaml {_version()}", file=sys.stderr)
-        return 2
-
-    return handler
-
-
-def _version() -> str:
-    from oaml import __version__
-
-    return __version__
 
 
 def _make_synthetic(args: argparse.Namespace) -> int:
@@ -62,9 +46,9 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "make-synthetic": _make_synthetic,
     "eval": eval_command,
     "demo": _demo,
-    "convert": _not_available("convert"),
-    "export": _not_available("export"),
-    "align": _not_available("align"),
+    "convert": convert_command,
+    "export": export_command,
+    "align": align_command,
     "embed": embed_command,
 }
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from oaml import __version__
 from oaml.cli.eval_commands import add_embed_arguments
+from oaml.cli.tool_commands import add_align_arguments, add_convert_arguments, add_export_arguments
 from oaml.config import OamlConfig, config_from_dict, field_index, load_yaml, validate
 from oaml.errors import ConfigError, OamlError
 
@@ -94,10 +95,21 @@ def _add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes used to draw the faces")
 
 
+def _parameter_summary() -> str:
+    """Every training parameter with its default, by section (``oaml train --help`` explains each one)."""
+    lines = ["training parameters and their defaults (details: oaml train --help):"]
+    for section, values in OamlConfig().to_dict().items():
+        shown = [f"--{k} {','.join(map(str, v)) if isinstance(v, list) else repr(v) if v == '' else v}"
+                 for k, v in values.items()]
+        lines.append(f"  {section}: " + "; ".join(shown))
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``oaml`` parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="oaml", description="Occlusion-robust face recognition: train, "
-                                     "evaluate and deploy AdaFace + QAConv + occlusion-head models.")
+                                     "evaluate and deploy AdaFace + QAConv + occlusion-head models.",
+                                     epilog=_parameter_summary(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"oaml {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -111,11 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic = sub.add_parser("make-synthetic", help="draw a procedural face dataset (train.rec + .bin files)")
     _add_synthetic_arguments(synthetic)
     add_embed_arguments(sub.add_parser("embed", help="write embeddings of a folder of aligned faces"))
-    for name, text in (("convert", "convert datasets (folder <-> rec, bin -> memfile, pairs -> bin)"),
-                       ("export", "export a checkpoint to ONNX or TorchScript"),
-                       ("align", "detect and align faces to the ArcFace 112x112 template")):
-        extra = sub.add_parser(name, help=text, description=text)
-        extra.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    for name, text, add_arguments in (
+            ("convert", "convert datasets (folder <-> rec, bin -> memfile, pairs -> bin)", add_convert_arguments),
+            ("export", "export a checkpoint to ONNX or TorchScript", add_export_arguments),
+            ("align", "detect and align faces to the ArcFace 112x112 template", add_align_arguments)):
+        add_arguments(sub.add_parser(name, help=text, description=text))
     return parser
 
 

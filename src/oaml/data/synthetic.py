@@ -42,7 +42,7 @@ import numpy as np
 from oaml import __version__
 from oaml.constants import ARCFACE_TEMPLATE, FACE_SIZE, VAL_SET_NAMES
 from oaml.data._face_drawing import SUPERSAMPLE, Color, Expression, FaceParams, draw_background, draw_face, shade
-from oaml.data.recordio import IRHeader, RecordWriter, pack_record
+from oaml.data.insightface import InsightfaceWriter
 from oaml.errors import ConfigError
 
 __all__ = [
@@ -336,12 +336,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def _write_train(out: Path, spec: SyntheticSpec, rendered: Iterator[_Rendered], rows: list[str]) -> list[str]:
     """Render the training identities into ``train.rec``/``.idx``/``property`` and/or ``images/``."""
     n, k = spec.identities, spec.images_per_identity
-    first_identity_key = 1 + n * k
     folder = out / "images" if "folder" in spec.formats else None
     with contextlib.ExitStack() as stack:
-        writer = stack.enter_context(RecordWriter(out / "train.rec")) if "rec" in spec.formats else None
-        if writer is not None:
-            writer.write(0, pack_record(IRHeader(2, (float(first_identity_key), float(first_identity_key + n)))))
+        writer = stack.enter_context(InsightfaceWriter(out, n * k, n)) if "rec" in spec.formats else None
         for i in range(n):
             results = next(rendered)
             if folder is not None:
@@ -349,16 +346,12 @@ def _write_train(out: Path, spec: SyntheticSpec, rendered: Iterator[_Rendered], 
             for j, (jpeg, landmarks) in enumerate(results):
                 key, path = 1 + i * k + j, f"images/id_{i:05d}/{j}.jpg" if folder is not None else "-"
                 if writer is not None:
-                    writer.write(key, pack_record(IRHeader(0, float(i), key), jpeg))
+                    writer.add(i, jpeg)
                 if folder is not None:
                     (out / path).write_bytes(jpeg)
                 rows.append(_landmark_row("train", key, path, i, landmarks))
-        if writer is not None:
-            for i in range(n):
-                writer.write(first_identity_key + i, pack_record(IRHeader(2, (float(1 + i * k), float(1 + i * k + k)))))
     files = ["images/"] if folder is not None else []
-    if writer is not None:
-        _atomic_write(out / "property", f"{n},{FACE_SIZE},{FACE_SIZE}\n".encode("ascii"))
+    if writer is not None:  # closing the writer wrote the per-identity records and property
         files += ["train.rec", "train.idx", "property"]
     return files
 
