@@ -27,7 +27,6 @@ import io
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from benchmarks._timing import interleaved_seconds
 from oaml.constants import ARCFACE_TEMPLATE
 from oaml.data.augment import random_resized_crop_box
 from oaml.data.datasets import RecordDataset, RecordIndex
@@ -144,15 +144,16 @@ def _interleaved_rates(first: Callable[[int], Any], second: Callable[[int], Any]
     for i in range(min(20, count)):  # warm-up: caches, lazily rendered textures, allocator
         first(i)
         second(i)
-    rates: list[tuple[float, float]] = []
-    for _ in range(repeats):
-        pair = []
-        for fn in (first, second):
-            start = time.perf_counter()
+
+    def block(fn: Callable[[int], Any]) -> Callable[[], None]:
+        def call() -> None:
             for i in range(count):
                 fn(i)
-            pair.append(count / (time.perf_counter() - start))
-        rates.append((pair[0], pair[1]))
+
+        return call
+
+    times = interleaved_seconds({"first": block(first), "second": block(second)}, repeats, warmup=0)
+    rates = [(count / a, count / b) for a, b in zip(times["first"], times["second"])]
     return (statistics.median(r[0] for r in rates), statistics.median(r[1] for r in rates),
             statistics.median(r[0] / r[1] for r in rates))
 

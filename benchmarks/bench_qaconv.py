@@ -22,11 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import multiprocessing
-import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
@@ -34,12 +30,12 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from benchmarks._timing import MIB, median_seconds, peak_rss_growth
 from oaml.models.qaconv import QAConv
 
 __all__ = ["naive_all_pairs", "run"]
 
 CHANNELS, SIDE = 512, 7
-_MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 
 
 def naive_all_pairs(q: QAConv, probe: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
@@ -51,16 +47,6 @@ def naive_all_pairs(q: QAConv, probe: torch.Tensor, gallery: torch.Tensor) -> to
     score = torch.cat((score.max(dim=2)[0], score.max(dim=3)[0]), dim=-1).reshape(-1, 1, hw)
     score = q.fc(q.bn(score.to(q.fc.weight.dtype)).reshape(-1, hw)).reshape(-1, 2).sum(dim=1, keepdim=True)
     return q.logit_bn(score).reshape(p, g)
-
-
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _precision(dtype: str) -> Any:
@@ -100,15 +86,15 @@ def _throughput_rows(dtype: str, batch: int, pairs: int, repeats: int) -> list[d
     a, b = torch.randn(pairs, CHANNELS, SIDE, SIDE), torch.randn(pairs, CHANNELS, SIDE, SIDE)
     _check_agreement(q.eval(), feats)
     rows = []
-    ours = _median_seconds(_forward(lambda: q(feats, feats), dtype), repeats)
-    naive = _median_seconds(_forward(lambda: naive_all_pairs(q, feats, feats), dtype), repeats)
+    ours = median_seconds(_forward(lambda: q(feats, feats), dtype), repeats)
+    naive = median_seconds(_forward(lambda: naive_all_pairs(q, feats, feats), dtype), repeats)
     rows.append(_speed_row(f"qaconv all-pairs fwd {dtype} (B={batch})", batch * batch, ours, naive))
     q.train()
-    ours = _median_seconds(_forward_backward(lambda: q(leaf, leaf), dtype, leaf), repeats)
-    naive = _median_seconds(_forward_backward(lambda: naive_all_pairs(q, leaf, leaf), dtype, leaf), repeats)
+    ours = median_seconds(_forward_backward(lambda: q(leaf, leaf), dtype, leaf), repeats)
+    naive = median_seconds(_forward_backward(lambda: naive_all_pairs(q, leaf, leaf), dtype, leaf), repeats)
     rows.append(_speed_row(f"qaconv all-pairs fwd+bwd {dtype} (B={batch})", batch * batch, ours, naive))
     q.eval()
-    ours = _median_seconds(_forward(lambda: q.match_pairs(a, b), dtype), repeats)
+    ours = median_seconds(_forward(lambda: q.match_pairs(a, b), dtype), repeats)
     rows.append(_speed_row(f"qaconv paired fwd {dtype} (N={pairs})", pairs, ours, None))
     return rows
 
@@ -121,53 +107,29 @@ def _speed_row(name: str, pairs: int, seconds: float, baseline_seconds: float | 
             "notes": "" if baseline is None else "baseline: naive P x G x hw x hw einsum + 2 max"}
 
 
-def _rss_bytes(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} missing from /proc/self/status")
-
-
-def _peak_growth_child(impl: str, batch: int) -> int:
-    """Peak-RSS growth (bytes) of one eval all-pairs forward, measured in a fresh process.
-
-    Linux only: resets the high-water mark (``/proc/self/clear_refs``), then reads VmHWM - VmRSS.
-    """
+def _peak_setup(impl: str, batch: int) -> Callable[[], torch.Tensor]:
+    """Child-process workload of :func:`peak_rss_growth`: one eval all-pairs forward of B maps."""
     q = QAConv(CHANNELS, SIDE, SIDE).eval()
     feats = torch.randn(batch, CHANNELS, SIDE, SIDE)
     fn = (lambda x: q(x, x)) if impl == "oaml" else (lambda x: naive_all_pairs(q, x, x))
     with torch.no_grad():
         fn(feats[:2])  # load kernels before the baseline reading
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-            handle.write("5")  # reset the peak RSS to the current RSS
-        before = _rss_bytes("VmRSS")
-        fn(feats)
-        return _rss_bytes("VmHWM") - before
+
+    def call() -> torch.Tensor:
+        with torch.no_grad():
+            return fn(feats)
+
+    return call
 
 
 def _memory_rows(batches: tuple[int, ...]) -> list[dict[str, Any]]:
     rows = []
-    context = multiprocessing.get_context("spawn")
-    # Children inherit a fixed glibc mmap threshold, so freed blocks go back to the system at once and the
-    # peak reflects the tensors alive together, not allocator fragmentation.
-    saved = os.environ.get(_MMAP_ENV)
-    os.environ[_MMAP_ENV] = "65536"
-    try:
-        measured = {}
-        for batch, impl in itertools.product(batches, ("oaml", "naive")):
-            with context.Pool(1, maxtasksperchild=1) as pool:
-                measured[batch, impl] = pool.apply(_peak_growth_child, (impl, batch))
-    finally:
-        if saved is None:
-            del os.environ[_MMAP_ENV]
-        else:
-            os.environ[_MMAP_ENV] = saved
+    measured = {(batch, impl): peak_rss_growth(_peak_setup, impl, batch).peak_bytes
+                for batch, impl in itertools.product(batches, ("oaml", "naive"))}
     for batch in batches:
         ours, naive = measured[batch, "oaml"], measured[batch, "naive"]
-        mib = 2.0**20
-        rows.append({"name": f"qaconv all-pairs peak memory fp32 (B={batch})", "value": max(ours, 1) / mib,
-                     "baseline": naive / mib, "unit": "MiB", "ratio": naive / max(ours, 1),
+        rows.append({"name": f"qaconv all-pairs peak memory fp32 (B={batch})", "value": max(ours, 1) / MIB,
+                     "baseline": naive / MIB, "unit": "MiB", "ratio": naive / max(ours, 1),
                      "notes": "peak RSS growth in a fresh process; ratio = naive / oaml"})
     return rows
 

@@ -10,13 +10,11 @@ Run: ``python -m benchmarks.bench_verification`` (add ``--quick`` for fewer repe
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from benchmarks._timing import median_seconds
 from oaml.evaluation.report import console_table
 from oaml.evaluation.verification import DISTANCE_THRESHOLDS, fold_bounds, ten_fold_accuracy
 
@@ -37,16 +35,6 @@ def naive_ten_fold(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray 
     return accs
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Time both implementations on 6,000 synthetic pairs (the size of LFW, AgeDB-30, CPLFW, CALFW).
 
@@ -63,8 +51,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     fast = ten_fold_accuracy(dist, same, higher_is_same=False)
     if list(fast.fold_accuracies) != naive_ten_fold(dist, same):
         raise RuntimeError("vectorised and loop 10-fold accuracies differ")
-    value = _median_time(lambda: ten_fold_accuracy(dist, same, higher_is_same=False), 5 if quick else 30)
-    baseline = _median_time(lambda: naive_ten_fold(dist, same), 1 if quick else 5)
+    value = median_seconds(lambda: ten_fold_accuracy(dist, same, higher_is_same=False), 5 if quick else 30)
+    baseline = median_seconds(lambda: naive_ten_fold(dist, same), 1 if quick else 5)
     return [{"name": "ten_fold_accuracy, 6000 pairs x 400 thresholds", "value": value, "baseline": baseline,
              "unit": "s", "ratio": baseline / value}]
 
