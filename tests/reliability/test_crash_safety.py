@@ -86,7 +86,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def _interrupt_decode_after(monkeypatch: pytest.MonkeyPatch, images: int) -> None:
-    real = validation._decode
+    real = validation.decode_image
     calls = {"n": 0}
 
     def decode(buf: bytes, where: str) -> object:
@@ -95,7 +95,7 @@ def _interrupt_decode_after(monkeypatch: pytest.MonkeyPatch, images: int) -> Non
             raise Crash(f"interrupted while decoding {where}")
         return real(buf, where)
 
-    monkeypatch.setattr(validation, "_decode", decode)
+    monkeypatch.setattr(validation, "decode_image", decode)
 
 
 def test_interrupted_first_conversion_leaves_no_final_file(synthetic_master: Path, tmp_path: Path,

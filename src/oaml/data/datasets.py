@@ -38,27 +38,31 @@ _CACHE_VERSION = 1
 _MIN_SUBSET_IMAGES = 5
 
 
-def decode_image(buf: bytes | np.ndarray, where: str, resize: bool = False) -> np.ndarray:
-    """Decode encoded image bytes to a uint8 BGR ``112 x 112 x 3`` array (grayscale becomes 3 channels).
+def decode_image(buf: bytes | np.ndarray, where: str, resize: bool = False, size: int = FACE_SIZE) -> np.ndarray:
+    """Decode encoded image bytes to a BGR uint8 ``size x size x 3`` array (grayscale becomes 3 channels).
+
+    The one decoder of aligned faces: training datasets, verification sets, ``oaml eval`` and ``oaml convert``
+    all call it.
 
     Args:
         buf: encoded JPEG/PNG/BMP/PGM bytes.
         where: the record key or file path, for error messages.
-        resize: resize other sizes to 112x112 with ``cv2.INTER_AREA`` instead of raising.
+        resize: resize other sizes to ``size`` with ``cv2.INTER_AREA`` instead of raising.
+        size: the expected side (112 for ArcFace-aligned crops).
 
     Raises:
-        DataError: if the bytes do not decode, or the size is not 112x112 and ``resize`` is False.
+        DataError: if the bytes do not decode, or the size is not ``size`` and ``resize`` is False.
     """
     # cv2.imdecode raises (instead of returning None) on an empty buffer, e.g. a record with no image bytes.
     image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR) if len(buf) else None
     if image is None:
         raise DataError(f"{where}: cannot decode the image ({len(buf)} bytes); the file is corrupt or not an image")
-    if image.shape[:2] != (FACE_SIZE, FACE_SIZE):
+    if image.shape[:2] != (size, size):
         if not resize:
-            raise DataError(f"{where}: image is {image.shape[1]}x{image.shape[0]}, expected {FACE_SIZE}x{FACE_SIZE} "
-                            f"aligned faces; align it with `oaml align`, or pass resize=True to resize with "
+            raise DataError(f"{where}: image is {image.shape[1]}x{image.shape[0]}, expected {size}x{size} aligned "
+                            f"faces; align it with `oaml align`, or enable resizing (--resize) to resize with "
                             f"INTER_AREA")
-        image = cv2.resize(image, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
     return image
 
 

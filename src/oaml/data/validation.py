@@ -22,12 +22,12 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from oaml.constants import FACE_SIZE, VAL_SET_NAMES, ChannelOrder
+from oaml.data.datasets import decode_image
 from oaml.data.masks import apply_medical_mask
 from oaml.data.safe_pickle import safe_load
 from oaml.data.transforms import image_to_tensor
@@ -96,17 +96,6 @@ def _is_current(out_dir: Path, name: str, sha: str, order: ChannelOrder) -> bool
             and data_path.stat().st_size == int(np.prod(shape)))
 
 
-def _decode(buf: bytes, where: str) -> np.ndarray:
-    # cv2.imdecode raises (instead of returning None) on an empty buffer, e.g. a record with no image bytes.
-    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR) if len(buf) else None
-    if image is None:
-        raise DataError(f"{where}: cannot decode the image ({len(buf)} bytes)")
-    if image.shape[:2] != (FACE_SIZE, FACE_SIZE):
-        raise DataError(f"{where}: image is {image.shape[1]}x{image.shape[0]}, expected "
-                        f"{FACE_SIZE}x{FACE_SIZE} aligned faces")
-    return image
-
-
 def _fsync_replace(tmp: Path, final: Path) -> None:
     with open(tmp, "rb+") as handle:
         os.fsync(handle.fileno())
@@ -146,7 +135,7 @@ def convert_bin(bin_path: str | os.PathLike[str], out_dir: str | os.PathLike[str
     try:
         memmap = np.memmap(tmp_data, dtype=np.uint8, mode="w+", shape=shape)
         for i, buf in enumerate(images):
-            image = _decode(buf, f"{bin_path} image {i}")
+            image = decode_image(buf, f"{bin_path} image {i}")
             memmap[i] = image[:, :, ::-1] if order is ChannelOrder.RGB else image
         memmap.flush()
         del memmap

@@ -20,11 +20,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from oaml.constants import FACE_SIZE
-from oaml.data.datasets import IMAGE_EXTENSIONS
+from oaml.data.datasets import IMAGE_EXTENSIONS, decode_image
 from oaml.data.pairs import Pair, parse_pairs, resolve_pairs
 from oaml.data.validation import load_bin
 from oaml.errors import DataError
@@ -40,21 +39,12 @@ _SHOW_MISSING = 20  # missing images named in the warning (results.json lists al
 
 
 def decode_face(buf: bytes | np.ndarray, where: str, size: int = FACE_SIZE, resize: bool = False) -> np.ndarray:
-    """Decode an encoded image to a uint8 BGR ``size x size x 3`` array.
+    """Decode an encoded image to a uint8 BGR ``size x size x 3`` array (see :func:`oaml.data.datasets.decode_image`).
 
     Raises:
         DataError: If the bytes do not decode, or the image is not ``size x size`` and ``resize`` is False.
     """
-    # cv2.imdecode raises (instead of returning None) on an empty buffer, e.g. a record with no image bytes.
-    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR) if len(buf) else None
-    if image is None:
-        raise DataError(f"{where}: cannot decode the image; the file is corrupt or not an image")
-    if image.shape[:2] != (size, size):
-        if not resize:
-            raise DataError(f"{where}: image is {image.shape[1]}x{image.shape[0]}, expected aligned {size}x{size} "
-                            f"faces; run `oaml align` first, or pass --resize to resize (INTER_AREA)")
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return image
+    return decode_image(buf, where, resize, size)
 
 
 @dataclass

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from oaml.constants import FACE_SIZE, ChannelOrder
-from oaml.data.datasets import FolderDataset, RecordIndex
+from oaml.data.datasets import FolderDataset, RecordIndex, decode_image
 from oaml.data.insightface import InsightfaceWriter
 from oaml.data.pairs import parse_pairs, resolve_pairs
 from oaml.data.recordio import RecordReader
@@ -262,12 +262,7 @@ class PairsToBinSummary:
 
 def _read_aligned(path: Path) -> bytes:
     data = path.read_bytes()
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(f"{path}: not a decodable image")
-    if image.shape[:2] != (FACE_SIZE, FACE_SIZE):
-        raise DataError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, expected {FACE_SIZE}x{FACE_SIZE} "
-                        f"aligned faces; align the folder with `oaml align` first")
+    decode_image(data, str(path))  # refuses undecodable and non-112x112 images
     return data
 
 
