@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from oaml.cli.eval_commands import embed_command, eval_command
 from oaml.cli.tool_commands import align_command, convert_command, export_command
+
+if TYPE_CHECKING:
+    from oaml.training.run import TrainingResult
 
 __all__ = ["run"]
 
@@ -30,15 +34,22 @@ def _train(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     check_data_paths(config)
-    run_training(config)
+    _print_summary(run_training(config))
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from oaml.training.demo import run_demo
 
-    run_demo(args.cache_dir, args.epochs)
+    _print_summary(run_demo(args.cache_dir, args.epochs))
     return 0
+
+
+def _print_summary(result: TrainingResult) -> None:
+    from oaml.training.run import format_summary
+
+    if result.is_global_zero:
+        print(format_summary(result))
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {

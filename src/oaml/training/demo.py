@@ -47,14 +47,10 @@ def demo_config(data_dir: Path, output_dir: Path, epochs: int = 16) -> OamlConfi
 
 
 def run_demo(cache_dir: str | os.PathLike[str] | None = None, epochs: int = 16) -> TrainingResult:
-    """Make (or reuse) the synthetic data, train, test the best checkpoint and print the table."""
+    """Make (or reuse) the synthetic data, train and test the best checkpoint."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     data_dir = root / "synthetic"
     summary = make_synthetic(data_dir, **DEMO_DATA)
     logger.info("synthetic data in %s (%s)", data_dir, "reused" if summary.cached else
                 f"made in {summary.seconds:.0f} s")
-    result = run_training(demo_config(data_dir, root / "experiments", epochs))
-    preview = result.experiment_dir / "preview.png"
-    if preview.is_file():
-        print(f"training preview: {preview}")
-    return result
+    return run_training(demo_config(data_dir, root / "experiments", epochs))

@@ -21,7 +21,7 @@ from oaml.training.build import build_datamodule, build_system, build_trainer
 from oaml.training.callbacks import SignalCheckpoint
 from oaml.training.system import OamlSystem
 
-__all__ = ["TrainingResult", "load_start_weights", "run_training", "summary_table"]
+__all__ = ["TrainingResult", "format_summary", "load_start_weights", "run_training", "summary_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ _EXPERIMENT_ENV = "OAML_EXPERIMENT_DIR"
 
 @dataclass
 class TrainingResult:
-    """What a run produced."""
+    """What a run produced. ``is_global_zero`` is False in the other processes of a distributed run."""
 
     experiment_dir: Path
     best_checkpoint: Path | None
@@ -38,6 +38,8 @@ class TrainingResult:
     val_metrics: dict[str, float] = field(default_factory=dict)
     test_metrics: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
+    set_names: list[str] = field(default_factory=list)
+    is_global_zero: bool = True
 
 
 def _experiment_dir(config: OamlConfig) -> Path:
@@ -131,12 +133,11 @@ def run_training(config: OamlConfig) -> TrainingResult:
     ckpt_dir = experiment_dir / "checkpoints"
     best = ckpt_dir / "best.ckpt" if (ckpt_dir / "best.ckpt").is_file() else None
     last = ckpt_dir / "last.ckpt" if (ckpt_dir / "last.ckpt").is_file() else None
-    result = TrainingResult(experiment_dir, best, last, dict(system.val_metrics), interrupted=signal_cb.interrupted)
+    result = TrainingResult(experiment_dir, best, last, dict(system.val_metrics), interrupted=signal_cb.interrupted,
+                            set_names=set_names, is_global_zero=trainer.is_global_zero)
     if has_val and best is not None and not result.interrupted and not config.system.fast_dev_run:
         trainer.test(system, datamodule=datamodule, ckpt_path=str(best), weights_only=True, verbose=False)
         result.test_metrics = dict(system.val_metrics)
-    if trainer.is_global_zero:
-        _print_summary(result, set_names)
     return result
 
 
@@ -153,10 +154,8 @@ def _evaluate_only(config: OamlConfig, datamodule: Any, experiment_dir: Path, se
     load_start_weights(system, path)
     trainer = build_trainer(config, experiment_dir, monitor_validation=False)
     trainer.validate(system, datamodule=datamodule, verbose=False)
-    result = TrainingResult(experiment_dir, None, None, dict(system.val_metrics))
-    if trainer.is_global_zero:
-        _print_summary(result, set_names)
-    return result
+    return TrainingResult(experiment_dir, None, None, dict(system.val_metrics), set_names=set_names,
+                          is_global_zero=trainer.is_global_zero)
 
 
 def _with_checkpoint_model(config: OamlConfig, saved: dict[str, Any] | None) -> OamlConfig:
@@ -174,13 +173,19 @@ def _released_classes(checkpoint: dict[str, Any]) -> int:
     return int(kernel.shape[1]) if isinstance(kernel, torch.Tensor) and kernel.dim() == 2 else 2
 
 
-def _print_summary(result: TrainingResult, set_names: list[str]) -> None:
+def format_summary(result: TrainingResult) -> str:
+    """The accuracy table of a run and where its files are, for the console."""
+    lines = []
     metrics = result.test_metrics or result.val_metrics
     if metrics:
         stage = "test (best checkpoint)" if result.test_metrics else "validation"
-        print(f"\nAccuracies, {stage}:\n{summary_table(metrics, set_names)}")
-    print(f"experiment: {result.experiment_dir}")
+        lines.append(f"\nAccuracies, {stage}:\n{summary_table(metrics, result.set_names)}")
+    lines.append(f"experiment: {result.experiment_dir}")
     for label, path in (("best checkpoint", result.best_checkpoint), ("last checkpoint", result.last_checkpoint)):
         if path is not None:
-            print(f"{label}: {path}")
-    print(f"metrics: {result.experiment_dir / 'metrics.csv'}")
+            lines.append(f"{label}: {path}")
+    lines.append(f"metrics: {result.experiment_dir / 'metrics.csv'}")
+    preview = result.experiment_dir / "preview.png"
+    if preview.is_file():
+        lines.append(f"training preview: {preview}")
+    return "\n".join(lines)
