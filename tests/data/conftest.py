@@ -53,7 +53,8 @@ def make_rec(tmp_path: Path) -> Callable[..., Path]:
                 writer.write(0, pack_record(IRHeader(2, (float(end), float(end + len(classes))))))
             for i, label in enumerate(labels):
                 payload = (payloads or {}).get(i, encode(make_image(i)))
-                header = IRHeader(2, (float(label), 7.0), i + first) if extra_label else IRHeader(0, float(label), i + first)
+                header = (IRHeader(2, (float(label), 7.0), i + first) if extra_label
+                          else IRHeader(0, float(label), i + first))
                 writer.write(i + first, pack_record(header, payload))
             if meta:
                 for j, cls in enumerate(classes):

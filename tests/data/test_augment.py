@@ -55,7 +55,8 @@ def test_random_resized_crop_box_ranges() -> None:
         assert 3 / 4 - 0.05 <= w / h <= 4 / 3 + 0.05
     # No box of 2-3x the image area fits: fall back to the central crop with the clamped ratio.
     assert random_resized_crop_box(112, 112, rng, scale=(2.0, 3.0)) == (0, 0, 112, 112)
-    assert random_resized_crop_box(50, 200, rng, scale=(2.0, 3.0)) == (0, 66, 50, 67)  # w = round(50 * 4/3), left = (200 - 67) // 2
+    # w = round(50 * 4/3), left = (200 - 67) // 2
+    assert random_resized_crop_box(50, 200, rng, scale=(2.0, 3.0)) == (0, 66, 50, 67)
 
 
 def test_random_crop_output(image_factory: Factory) -> None:

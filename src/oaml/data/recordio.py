@@ -109,7 +109,8 @@ def read_idx(path: str | os.PathLike[str]) -> dict[int, int]:
             try:
                 key, offset = int(fields[0]), int(fields[1])
             except (ValueError, IndexError):
-                raise RecordIOError(f"{path}:{line_no}: expected 'key<TAB>offset', found {line.strip()[:80]!r}") from None
+                raise RecordIOError(f"{path}:{line_no}: expected 'key<TAB>offset', "
+                                    f"found {line.strip()[:80]!r}") from None
             if offset < 0:
                 raise RecordIOError(f"{path}:{line_no}: negative offset {offset} for key {key}")
             if not -(2**63) <= key < 2**63:  # keys become int64 arrays downstream

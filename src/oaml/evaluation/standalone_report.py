@@ -71,7 +71,8 @@ def _method_entry(name: str, protocol: str, scores: np.ndarray, issame: np.ndarr
 def _data_facts(data: EvalSet, issame: np.ndarray) -> dict[str, Any]:
     genuine = int(np.count_nonzero(issame))
     return {"mode": data.mode, "path": data.source, "pairs_path": data.pairs_path, "n_images": len(data.images),
-            "n_identities": data.num_identities if data.mode != "bin" else None, "n_pairs": int(issame.shape[0]), "n_genuine": genuine,
+            "n_identities": data.num_identities if data.mode != "bin" else None, "n_pairs": int(issame.shape[0]),
+            "n_genuine": genuine,
             "n_impostor": int(issame.shape[0]) - genuine, "pairs_skipped": data.skipped_pairs,
             "missing_images": list(data.missing_images)}
 

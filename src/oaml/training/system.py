@@ -29,6 +29,10 @@ __all__ = ["OamlSystem", "OptimSettings"]
 
 logger = logging.getLogger(__name__)
 
+LOG_NAMES = {"total": "loss", "adaface": "adaface_loss", "pairwise": "pairwise_loss", "pairwise_acc": "pairwise_acc",
+             "cls": "cls_loss", "cls_acc": "cls_acc", "triplet": "triplet_loss", "triplet_acc": "triplet_acc",
+             "occlusion": "occlusion_loss"}
+"""Logged names of the parts of :class:`~oaml.losses.CombinedLoss`."""
 VAL_PREFIXES = ("", "masked_")  # dataloader 0: clean pairs; 1: masked second image (SPEC §9 masked protocol)
 
 
@@ -146,10 +150,7 @@ class OamlSystem(pl.LightningModule):
         return features, self.all_gather(labels).flatten(0, 1)
 
     def _log_training(self, parts: dict[str, Tensor], batch_size: int) -> None:
-        names = {"total": "loss", "adaface": "adaface_loss", "pairwise": "pairwise_loss", "pairwise_acc": "pairwise_acc",
-                 "cls": "cls_loss", "cls_acc": "cls_acc", "triplet": "triplet_loss", "triplet_acc": "triplet_acc",
-                 "occlusion": "occlusion_loss"}
-        self.log_dict({f"train/{names[k]}": v for k, v in parts.items()}, on_step=True, on_epoch=True,
+        self.log_dict({f"train/{LOG_NAMES[k]}": v for k, v in parts.items()}, on_step=True, on_epoch=True,
                       batch_size=batch_size)
         self.log("loss", parts["total"], prog_bar=True, on_step=True, on_epoch=False, logger=False,
                  batch_size=batch_size)
