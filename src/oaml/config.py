@@ -68,8 +68,8 @@ class DataConfig:
     train_data_path: str = _opt("faces_emore", "training data under data_root: a folder with train.rec/train.idx, "
                                 "or identity folders")
     val_data_path: str = _opt("faces_emore", "folder under data_root with the verification .bin files")
-    use_mxrecord: bool = _opt(False, "read train.rec/train.idx (insightface RecordIO) instead of identity folders; "
-                              "detected automatically when train.rec exists")
+    use_mxrecord: bool = _opt(False, "require train.rec/train.idx (insightface RecordIO); without the flag the "
+                              "format is detected (train.rec if present, else identity folders)")
     train_data_subset: bool = _opt(False, "MS1MV2 subset: keep the images listed in subset_index, drop identities "
                                    "with fewer than 5 images, relabel")
     subset_index: str = _opt("", "subset index file (default: <train dir>/ms1mv2_train_subset_index.txt)")
@@ -420,6 +420,8 @@ def check_data_paths(config: OamlConfig) -> None:
     if not train_path.exists():
         raise ConfigError(f"--train_data_path: training data not found: {train_path} "
                           f"(data_root={config.data.data_root!r}); expected train.rec/train.idx or identity folders")
+    if config.data.use_mxrecord and train_path.suffix != ".rec" and not (train_path / "train.rec").is_file():
+        raise ConfigError(f"--use_mxrecord: no train.rec in {train_path}; drop the flag to read identity folders")
     for flag, value in (("resume_from_checkpoint", config.system.resume_from_checkpoint),
                         ("start_from_model_statedict", config.system.start_from_model_statedict)):
         if value and not Path(value).is_file():

@@ -125,6 +125,12 @@ def test_missing_data_path_is_named(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "nowhere" in err and "not found" in err
 
 
+def test_use_mxrecord_requires_a_rec_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "faces" / "alice").mkdir(parents=True)
+    assert main(["train", "--data_root", str(tmp_path), "--train_data_path", "faces", "--use_mxrecord"]) == 2
+    assert "--use_mxrecord: no train.rec in" in capsys.readouterr().err
+
+
 def test_unknown_yaml_key_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("model:\n  archh: ir_18\n")
