@@ -13,6 +13,8 @@ Every comparison in ``benchmarks/`` follows the same rules, implemented here onc
 
 from __future__ import annotations
 
+import argparse
+
 import multiprocessing
 import os
 import statistics
@@ -23,8 +25,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["MIB", "PeakMemory", "interleaved_seconds", "median_seconds", "peak_rss_growth", "ratio_of_medians",
-           "thread_note", "time_once"]
+__all__ = ["MIB", "PeakMemory", "interleaved_seconds", "median_seconds", "module_main", "peak_rss_growth",
+           "ratio_of_medians", "thread_note", "time_once"]
 
 MIB = float(2**20)
 _MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
@@ -129,3 +131,16 @@ def peak_rss_growth(setup: Callable[..., Callable[[], Any]], *args: Any) -> Peak
             del os.environ[_MMAP_ENV]
         else:
             os.environ[_MMAP_ENV] = saved
+
+
+def module_main(run: Callable[..., list[dict[str, Any]]], description: str, quick_help: str,
+                argv: list[str] | None = None) -> int:
+    """The ``python -m benchmarks.<module> [--quick]`` entry point: run and print one line per row."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    for row in run(quick=parser.parse_args(argv).quick):
+        baseline = "-" if row["baseline"] is None else f"{row['baseline']:,.3f}"
+        ratio = "-" if row.get("ratio") is None else f"{row['ratio']:.2f}x"
+        print(f"{row['name']}: {row['value']:,.3f} {row['unit']} | baseline {baseline} | {ratio} | "
+              f"{row.get('notes', '')}")
+    return 0

@@ -25,7 +25,6 @@ Run: ``OMP_NUM_THREADS=1 python -m benchmarks --only bench_eval [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmarks._timing import MIB, PeakMemory, interleaved_seconds, peak_rss_growth, thread_note, time_once
+from benchmarks._timing import (MIB, PeakMemory, interleaved_seconds, module_main, peak_rss_growth, thread_note,
+                                time_once)
 from benchmarks.bench_validation import bench_cache_dir
 from oaml.constants import FACE_SIZE, ChannelOrder
 from oaml.data.synthetic import make_synthetic
@@ -207,12 +207,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the benchmark rows."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="300 images only")
-    for row in run(quick=parser.parse_args(argv).quick):
-        baseline = "-" if row["baseline"] is None else f"{row['baseline']:,.2f}"
-        print(f"{row['name']}: {row['value']:,.2f} {row['unit']} | baseline {baseline} | {row['notes']}")
-    return 0
+    return module_main(run, __doc__.splitlines()[0], "300 images only", argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ Run: ``OMP_NUM_THREADS=1 python -m benchmarks --only bench_train_step [--quick]`
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from collections.abc import Callable
@@ -41,7 +40,7 @@ import torch
 from lightning.fabric import Fabric
 from torch import Tensor
 
-from benchmarks._timing import interleaved_seconds, ratio_of_medians, thread_note
+from benchmarks._timing import interleaved_seconds, module_main, ratio_of_medians, thread_note
 from oaml.constants import FACE_SIZE
 from oaml.losses import CombinedLoss
 from oaml.models import ClassMemory, build_face_model, build_head
@@ -216,12 +215,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the benchmark rows."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes")
-    for row in run(quick=parser.parse_args(argv).quick):
-        baseline = "-" if row["baseline"] is None else f"{row['baseline']:,.2f}"
-        print(f"{row['name']}: {row['value']:,.2f} {row['unit']} | baseline {baseline} | {row['notes']}")
-    return 0
+    return module_main(run, __doc__.splitlines()[0], "fewer repeats and smaller sizes", argv)
 
 
 if __name__ == "__main__":

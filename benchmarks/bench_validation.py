@@ -32,7 +32,6 @@ Run: ``OMP_NUM_THREADS=1 python -m benchmarks --only bench_validation [--quick]`
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -49,7 +48,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks._timing import MIB, interleaved_seconds, thread_note, time_once
+from benchmarks._timing import MIB, interleaved_seconds, module_main, thread_note, time_once
 from oaml.constants import FACE_SIZE, NORM_MEAN, NORM_STD, VAL_PAIR_COUNTS, VAL_SET_NAMES
 from oaml.data.synthetic import render_face, render_identity_params
 from oaml.data.validation import FiveValidationDataset, convert_bin, load_bin
@@ -384,13 +383,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the benchmark rows."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1/10 of the pairs, fewer repeats")
-    for row in run(quick=parser.parse_args(argv).quick):
-        baseline = "-" if row["baseline"] is None else f"{row['baseline']:,.3f}"
-        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
-        print(f"{row['name']}: {row['value']:,.3f} {row['unit']} | baseline {baseline} | {ratio} | {row['notes']}")
-    return 0
+    return module_main(run, __doc__.splitlines()[0], "1/10 of the pairs, fewer repeats", argv)
 
 
 if __name__ == "__main__":
