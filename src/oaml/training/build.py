@@ -85,6 +85,7 @@ def build_system(config: OamlConfig, num_classes: int, class_names: list[str] | 
     metadata = {"config": config.to_dict(), "class_names": list(class_names or []), "num_classes": num_classes,
                 "version": __version__}
     return OamlSystem(model, head, loss, memory, optim, occlusion_aware=config.loss.occlusion_method == "scaling",
+                      occlusion_detach=config.loss.occlusion_detach,
                       eval_weights=(config.eval.eval_adaface_weight, config.eval.eval_qaconv_weight),
                       val_set_names=val_set_names or list(VAL_SET_NAMES),
                       max_nonfinite_steps=config.train.max_nonfinite_steps,

@@ -58,6 +58,8 @@ class OamlSystem(pl.LightningModule):
         class_memory: per-class feature maps for the softmax-triplet loss (None when that loss is off).
         optim: optimizer and schedule settings.
         occlusion_aware: weight QAConv by the predicted visibility maps ("scaling"), in training and validation.
+        occlusion_detach: in training, weight QAConv by detached maps, so that only the occlusion MSE trains the
+            occlusion head (otherwise the QAConv losses also push the maps, typically towards "all visible").
         eval_weights: configured (AdaFace, QAConv) weights of the combined validation score.
         val_set_names: names of the verification sets, in the order of their dataset indices.
         max_nonfinite_steps: abort after this many consecutive non-finite losses.
@@ -67,6 +69,7 @@ class OamlSystem(pl.LightningModule):
 
     def __init__(self, model: FaceModel, head: MarginHead, loss: CombinedLoss, class_memory: ClassMemory | None,
                  optim: OptimSettings = OptimSettings(), *, occlusion_aware: bool = True,
+                 occlusion_detach: bool = False,
                  eval_weights: tuple[float, float] = (0.5, 0.5), val_set_names: Sequence[str] = (),
                  max_nonfinite_steps: int = 10, log_every_n_steps: int = 50,
                  metadata: dict[str, Any] | None = None) -> None:
@@ -75,6 +78,7 @@ class OamlSystem(pl.LightningModule):
             raise ValueError("the softmax-triplet loss is enabled but no class memory was given")
         self.model, self.head, self.loss, self.class_memory = model, head, loss, class_memory
         self.optim, self.occlusion_aware, self.eval_weights = optim, occlusion_aware, eval_weights
+        self.occlusion_detach = occlusion_detach
         self.val_set_names = list(val_set_names)
         self.max_nonfinite_steps, self.log_every_n_steps = max_nonfinite_steps, log_every_n_steps
         self.metadata = metadata or {}
@@ -99,6 +103,8 @@ class OamlSystem(pl.LightningModule):
         images, labels, visibility = batch
         out = self.model(images)
         occlusion = out.occlusion if self.occlusion_aware else None
+        if occlusion is not None and self.occlusion_detach:
+            occlusion = occlusion.detach()
         inputs: dict[str, Tensor] = {}
         if self.loss.uses_adaface:
             inputs["adaface_logits"] = self.head(out.embedding, out.norm, labels)
