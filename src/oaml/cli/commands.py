@@ -45,6 +45,14 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from oaml.experiments.real_faces import options_from_args, run_study
+
+    for name, path in run_study(options_from_args(args)).items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def _print_summary(result: TrainingResult) -> None:
     from oaml.training.run import format_summary
 
@@ -61,6 +69,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export": export_command,
     "align": align_command,
     "embed": embed_command,
+    "study": _study,
 }
 
 

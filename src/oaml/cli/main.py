@@ -17,6 +17,7 @@ from oaml.cli.eval_commands import add_embed_arguments
 from oaml.cli.tool_commands import add_align_arguments, add_convert_arguments, add_export_arguments
 from oaml.config import OamlConfig, config_from_dict, field_index, load_yaml, validate
 from oaml.errors import ConfigError, OamlError
+from oaml.experiments.real_faces import add_study_arguments
 
 __all__ = ["add_config_arguments", "build_parser", "config_from_args", "main"]
 
@@ -123,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic = sub.add_parser("make-synthetic", help="draw a procedural face dataset (train.rec + .bin files)")
     _add_synthetic_arguments(synthetic)
     add_embed_arguments(sub.add_parser("embed", help="write embeddings of a folder of aligned faces"))
+    study = sub.add_parser("study", help="real-face ablation: do masks, QAConv and the occlusion head help on "
+                           "masked faces? (writes results.md)", description="Train four configurations on "
+                           "aligned identity folders, score held-out identities clean and masked, write the report.")
+    add_study_arguments(study)
     for name, text, add_arguments in (
             ("convert", "convert datasets (folder <-> rec, bin -> memfile, pairs -> bin)", add_convert_arguments),
             ("export", "export a checkpoint to ONNX or TorchScript", add_export_arguments),
