@@ -94,8 +94,11 @@ def _fake_runs(variants: list[str]) -> list[dict]:
             run = {"variant": variant, "seed": seed, "split": 0, "train_s": 100.0, "eval_s": 3.0,
                    "metrics": {p: {m: dict(cell) for m in METHODS} for p in ("clean", "masked")},
                    "curves": {"loss": [2.0, 1.0]}}
-            if VARIANTS[variant].trains_occlusion:
-                run["occlusion"] = {"inside": 0.3, "outside": 0.9, "clean_same_cells": 0.85, "clean_all": 0.9,
+            if variant == "d":  # a collapsed head
+                run["occlusion"] = {"inside": 1.0, "outside": 1.0, "clean_same_cells": 1.0, "clean_all": 1.0,
+                                    "mae": 0.2, "mse": 0.1, "mse_all_visible": 0.1, "auc": 0.5}
+            elif variant == "e":
+                run["occlusion"] = {"inside": 0.3, "outside": 0.9, "clean_same_cells": 0.8, "clean_all": 0.9,
                                     "mae": 0.1, "mse": 0.02, "mse_all_visible": 0.1, "auc": 0.95}
             runs.append(run)
     return runs
@@ -118,8 +121,14 @@ def test_report_has_every_variant_protocol_method_cell() -> None:
         assert all(line.count("±") == 3 for line in rows)  # AdaFace, QAConv, combined
     assert "| (a) | clean | 80.2 ± 0.2 | 80.2 ± 0.2 | 80.2 ± 0.2 |" in text  # mean of 80.0, 80.2, 80.4
     assert "| (b) - (a) | synthetic masks in training | masked | combined | +1.0 ± 0.0 | 3/3 | better |" in text
-    assert "0.300 ± 0.000 | 0.900 ± 0.000" in text  # occlusion table: inside vs outside
-    assert "It separates masked from visible regions" in text
+    assert "| (e) | 0.300 ± 0.000 | 0.900 ± 0.000" in text  # occlusion table: inside vs outside
+    occlusion_lines = {line[:28]: line for line in text.splitlines() if line.startswith("- **Occlusion head")}
+    assert "It separates masked from visible regions" in occlusion_lines["- **Occlusion head (e)**: pr"]
+    assert "has collapsed to 'everything visible'" in occlusion_lines["- **Occlusion head (d)**: pr"]
+    assert "prior on where masks sit" in occlusion_lines["- **Occlusion head (e)**: pr"]  # clean 0.8 < 0.9 - 0.05
+    # (d) - (c) and (e) - (c) are +1 and +2 on every seed with zero spread: a measurable gain, so no
+    # "did not help" paragraph.
+    assert "The occlusion head adds a measurable gain in (d), (e)." in text and "A head that separates" not in text
 
 
 def test_cli_refuses_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

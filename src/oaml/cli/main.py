@@ -125,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synthetic_arguments(synthetic)
     add_embed_arguments(sub.add_parser("embed", help="write embeddings of a folder of aligned faces"))
     study = sub.add_parser("study", help="real-face ablation: do masks, QAConv and the occlusion head help on "
-                           "masked faces? (writes results.md)", description="Train four configurations on "
-                           "aligned identity folders, score held-out identities clean and masked, write the report.")
+                           "masked faces? (writes results.md)", description="Train the ablation's configurations "
+                           "on aligned identity folders, score held-out identities clean and masked, write the report.")
     add_study_arguments(study)
     for name, text, add_arguments in (
             ("convert", "convert datasets (folder <-> rec, bin -> memfile, pairs -> bin)", add_convert_arguments),

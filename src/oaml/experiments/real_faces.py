@@ -5,8 +5,10 @@
 1. reads aligned identity folders (by default those of ``../shared/data`` listed in
    :data:`~oaml.experiments.study_data.DEFAULT_DATASETS`) and splits them by identity, per dataset, into training
    and held-out identities (one split per ``--splits`` seed);
-2. trains the same small backbone under the four :data:`VARIANTS` with the same budget (epochs, batch, schedule),
-   once per training seed, through the same :func:`~oaml.training.run.run_training` as ``oaml train``;
+2. trains the same small backbone under the :data:`VARIANTS` with the same budget (epochs, batch, schedule), once
+   per training seed, through the same :func:`~oaml.training.run.run_training` as ``oaml train``: (a) AdaFace, (b)
+   + synthetic masks, (c) + QAConv losses, (d) the full objective, and (e) the full objective with
+   ``occlusion_detach`` (the QAConv losses do not train the occlusion head);
 3. scores the held-out identities with the standalone evaluator's functions in two protocols, clean-vs-clean and
    masked-vs-clean (a deterministic synthetic mask on the second image of every pair): 10-fold accuracy and
    TAR@FAR=1e-2 for AdaFace, QAConv and their fusion; for the variant that trains the occlusion head it also
@@ -79,7 +81,8 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in (
     Variant("e", "full, maps detached in QAConv", {"occlusion_detach": True}),
 )}
 """(a) AdaFace only; (b) + synthetic masks (p 0.5); (c) + QAConv pairwise/triplet/class-memory losses (default
-weights 0.1 AdaFace, 0.7 QAConv); (d) + occlusion-head MSE (0.3) with the predicted maps weighting QAConv."""
+weights 0.1 AdaFace, 0.7 QAConv); (d) + occlusion-head MSE (0.3) with the predicted maps weighting QAConv; (e) (d)
+with the maps detached where they weight QAConv, so that only the MSE trains the occlusion head."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,7 +410,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds), help="training seeds")
     parser.add_argument("--splits", nargs="+", type=int, default=list(d.splits), help="identity-split seeds")
     parser.add_argument("--variants", nargs="+", default=list(d.variants), choices=list(VARIANTS),
-                        help="configurations: a AdaFace, b +masks, c +QAConv, d full")
+                        help="configurations: a AdaFace, b +masks, c +QAConv, d full, e full with detached maps")
     parser.add_argument("--test-fraction", type=float, default=d.test_fraction,
                         help="fraction of each dataset's identities held out")
     parser.add_argument("--arch", default=d.arch, help="backbone")

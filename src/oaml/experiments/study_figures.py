@@ -95,13 +95,13 @@ def plot_loss_curves(curves: Mapping[str, Sequence[Mapping[str, Sequence[float]]
     names = [n for n in _LOSSES if any(n in c for runs in curves.values() for c in runs)]
     fig, axes = _figure(1, len(names), (3.0 * len(names), 2.6))
     for ax, name in zip(axes[0], names):
-        for key, runs in curves.items():
+        for index, (key, runs) in enumerate(curves.items()):
             series = [np.asarray(c[name]) for c in runs if c.get(name)]
             if not series:
                 continue
             length = min(len(s) for s in series)
             ax.plot(np.arange(1, length + 1), np.mean([s[:length] for s in series], axis=0), label=f"({key})",
-                    linewidth=1)
+                    linewidth=1, color=f"C{index}")  # one colour per variant in every panel
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -16,7 +16,8 @@ import numpy as np
 __all__ = ["COMPARISONS", "Spread", "aggregate", "paired_difference", "spread", "verdict"]
 
 COMPARISONS = (("b", "a", "synthetic masks in training"), ("c", "b", "QAConv losses"),
-               ("d", "c", "occlusion head + occlusion-weighted QAConv"), ("e", "d", "maps detached in QAConv"),
+               ("d", "c", "occlusion head + occlusion-weighted QAConv"),
+               ("e", "c", "occlusion head (maps detached in QAConv)"), ("e", "d", "maps detached in QAConv"),
                ("d", "a", "full objective vs AdaFace only"), ("e", "a", "full (maps detached) vs AdaFace only"))
 """(variant, reference, what the difference measures); pairs with a variant that did not run are skipped."""
 
