@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from oaml.constants import ARCFACE_TEMPLATE
-from oaml.data.masks import MASK_STYLES, apply_medical_mask, medical_mask_outline, visibility_to_grid
+from oaml.data.masks import MASK_STYLES, apply_medical_mask, medical_mask_outline, seeded_mask, visibility_to_grid
 
 GRAY = np.full((112, 112, 3), 128, np.uint8)
 
@@ -122,6 +122,15 @@ def test_deterministic_given_the_generator() -> None:
     assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
     assert not np.array_equal(first[0], other[0])
     assert first[1].dtype == np.float32 and set(np.unique(first[1])) <= {0.0, 1.0}
+
+
+def test_seeded_mask_depends_on_seed_and_index_only() -> None:
+    masked, visibility = seeded_mask(GRAY, 3, 7)
+    expected, expected_visibility = apply_medical_mask(GRAY, np.random.default_rng((3, 7)))
+    assert np.array_equal(masked, expected) and np.array_equal(visibility, expected_visibility)
+    assert np.array_equal(seeded_mask(GRAY, 3, 7)[0], masked)
+    assert not np.array_equal(seeded_mask(GRAY, 3, 8)[0], masked)
+    assert not np.array_equal(seeded_mask(GRAY, 4, 7)[0], masked)
 
 
 @pytest.mark.parametrize("style", MASK_STYLES)

@@ -10,7 +10,7 @@ from typing import Any
 
 from oaml.data.augment import Augmenter
 from oaml.data.datasets import FolderDataset, RecordDataset, RecordIndex, decode_image
-from oaml.data.masks import apply_medical_mask, visibility_to_grid
+from oaml.data.masks import apply_medical_mask, seeded_mask, visibility_to_grid
 from oaml.data.preview import save_preview
 from oaml.data.recordio import IRHeader, RecordReader, RecordWriter, pack_record, unpack_record
 from oaml.data.safe_pickle import safe_load
@@ -42,6 +42,7 @@ __all__ = [
     "safe_load",
     "save_preview",
     "seed_worker",
+    "seeded_mask",
     "tensor_to_image",
     "unpack_record",
     "visibility_to_grid",

@@ -30,7 +30,7 @@ import numpy as np
 
 from oaml.constants import ARCFACE_TEMPLATE
 
-__all__ = ["MASK_STYLES", "apply_medical_mask", "medical_mask_outline", "visibility_to_grid"]
+__all__ = ["MASK_STYLES", "apply_medical_mask", "medical_mask_outline", "seeded_mask", "visibility_to_grid"]
 
 MASK_STYLES: tuple[str, ...] = ("surgical_blue", "white", "black", "grey", "pink", "fabric")
 """Mask styles, drawn with probabilities 0.35, 0.15, 0.12, 0.1, 0.1 and 0.18."""
@@ -321,6 +321,16 @@ def apply_medical_mask(image: np.ndarray, rng: np.random.Generator, landmarks: n
         loop_colour = (40.0, 40.0, 40.0) if chosen == "black" else (235.0, 235.0, 235.0)
         _draw_ear_loops(out, visibility, polygon, frame, loop_colour, dims["eye"], dims["nose_y"])
     return out, visibility
+
+
+def seeded_mask(image: np.ndarray, seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The deterministic mask of image ``index`` under ``seed``: :func:`apply_medical_mask` driven by
+    ``numpy.random.default_rng((seed, index))``.
+
+    Every masked protocol (validation, ``oaml eval --mask-probes``, ``oaml study``) draws its masks here, so
+    the same image gets the same mask everywhere, independent of batch size, workers and the other images.
+    """
+    return apply_medical_mask(image, np.random.default_rng((seed, index)))
 
 
 def visibility_to_grid(visibility: np.ndarray, cells: int = 7) -> np.ndarray:

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from oaml.constants import FACE_SIZE, VAL_SET_NAMES, ChannelOrder
 from oaml.data.datasets import decode_image
-from oaml.data.masks import apply_medical_mask
+from oaml.data.masks import seeded_mask
 from oaml.data.safe_pickle import safe_load
 from oaml.data.transforms import image_to_tensor
 from oaml.errors import DataError
@@ -267,7 +267,7 @@ class FiveValidationDataset(Dataset):
         image = np.asarray(array[local])
         bgr = image[:, :, ::-1] if stored is ChannelOrder.RGB else image
         if self.masked_second and local % 2 == 1:
-            bgr, _ = apply_medical_mask(np.ascontiguousarray(bgr), np.random.default_rng((self.mask_seed, index)))
+            bgr, _ = seeded_mask(np.ascontiguousarray(bgr), self.mask_seed, index)
         if self.flip:
             bgr = bgr[:, ::-1]
         tensor = (self.transform(np.ascontiguousarray(bgr)) if self.transform is not None

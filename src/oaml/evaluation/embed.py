@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from oaml.data.masks import apply_medical_mask
+from oaml.data.masks import seeded_mask
 from oaml.evaluation.api import BatchFeatures, FaceRecognizer
 from oaml.evaluation.eval_data import EvalImages, check_image_sizes, list_images
 from oaml.errors import DataError
@@ -58,7 +58,7 @@ class MaskedImages(Dataset):
         index = int(self.indices[position])
         image = self.images.read(index)
         if self.mask_seed is not None:
-            image, _ = apply_medical_mask(image, np.random.default_rng((self.mask_seed, index)))
+            image, _ = seeded_mask(image, self.mask_seed, index)
         return image
 
 

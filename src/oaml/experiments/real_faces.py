@@ -241,10 +241,9 @@ def occlusion_separation(predicted_masked: np.ndarray, predicted_clean: np.ndarr
 
 def true_mask_grids(images: Any, mask_seed: int) -> np.ndarray:
     """The 7x7 visible fraction of the evaluator's deterministic mask on every image (same draw, same seed)."""
-    from oaml.data.masks import apply_medical_mask, visibility_to_grid
+    from oaml.data.masks import seeded_mask, visibility_to_grid
 
-    return np.stack([visibility_to_grid(apply_medical_mask(images.read(k), np.random.default_rng((mask_seed, k)))[1])
-                     for k in range(len(images))])
+    return np.stack([visibility_to_grid(seeded_mask(images.read(k), mask_seed, k)[1]) for k in range(len(images))])
 
 
 def _evaluate(checkpoint: Path, pairs: HeldOutPairs, mask_seed: int, occlusion: bool,

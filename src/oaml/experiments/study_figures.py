@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from oaml.data.masks import apply_medical_mask
+from oaml.data.masks import seeded_mask
 
 __all__ = ["plot_loss_curves", "plot_mean_maps", "plot_occlusion_overlay"]
 
@@ -63,7 +63,7 @@ def plot_occlusion_overlay(paths: Sequence[str], figure: Mapping[str, Mapping[st
     fig, axes = _figure(len(rows), 1 + 2 * len(variants), (1.6 * (1 + 2 * len(variants)), 1.7 * len(rows)))
     for r, index in enumerate(rows):
         image = cv2.imread(paths[index], cv2.IMREAD_COLOR)
-        masked, _ = apply_medical_mask(image, np.random.default_rng((mask_seed, index)))
+        masked, _ = seeded_mask(image, mask_seed, index)
         _overlay(axes[r, 0], masked, figure[variants[0]]["true"][r], "true visible fraction")
         for c, key in enumerate(variants):
             _overlay(axes[r, 1 + 2 * c], masked, figure[key]["masked"][r], f"({key}) predicted, masked")
