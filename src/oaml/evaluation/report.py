@@ -21,25 +21,27 @@ import numpy as np
 
 from oaml.evaluation.verification import DEFAULT_FARS, KFoldResult, Omitted, RocResult, TarPoint, tar_at_far
 
-__all__ = ["console_table", "markdown_report", "plot_roc", "plot_score_histogram", "to_jsonable", "write_json"]
+__all__ = ["console_table", "markdown_report", "new_figure", "plot_roc", "plot_score_histogram", "save_figure",
+           "to_jsonable", "write_json"]
 
 logger = logging.getLogger(__name__)
 
 
-def _figure() -> tuple[Any, Any]:
-    """A figure on its own Agg canvas: no pyplot, no global backend switch, works without a display."""
+def new_figure(size: tuple[float, float] = (6, 4.5)) -> Any:
+    """A matplotlib Figure on its own Agg canvas: no pyplot, no global backend switch, works without a display."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4.5))
+    fig = Figure(figsize=size)
     FigureCanvasAgg(fig)
-    return fig, fig.subplots()
+    return fig
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """Save ``fig`` as ``path`` (parent folders created), cropped to its content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     logger.info("wrote %s", path)
     return path
 
@@ -62,7 +64,8 @@ def plot_roc(results_by_method: Mapping[str, RocResult], path: str | Path, title
     """
     if not results_by_method:
         raise ValueError("results_by_method is empty")
-    fig, ax = _figure()
+    fig = new_figure()
+    ax = fig.subplots()
     floor = 1.0
     for name, res in results_by_method.items():
         floor = min(floor, 1.0 / res.n_impostor)
@@ -76,7 +79,7 @@ def plot_roc(results_by_method: Mapping[str, RocResult], path: str | Path, title
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_score_histogram(genuine: np.ndarray, impostor: np.ndarray, path: str | Path,
@@ -103,14 +106,15 @@ def plot_score_histogram(genuine: np.ndarray, impostor: np.ndarray, path: str | 
             raise ValueError(f"{name} must be non-empty and finite, got {arr.size} values")
         arrays.append(arr)
     edges = np.histogram_bin_edges(np.concatenate(arrays), bins=bins)
-    fig, ax = _figure()
+    fig = new_figure()
+    ax = fig.subplots()
     for (name, color), arr in zip((("genuine", "tab:green"), ("impostor", "tab:red")), arrays):
         ax.hist(arr, bins=edges, density=True, alpha=0.5, color=color, label=f"{name} (n={arr.size})")
     ax.set_xlabel("score")
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _far_label(far: float) -> str:

@@ -16,27 +16,18 @@ import cv2
 import numpy as np
 
 from oaml.data.masks import seeded_mask
+from oaml.evaluation.report import new_figure, save_figure
 
 __all__ = ["plot_loss_curves", "plot_mean_maps", "plot_occlusion_overlay"]
 
+_DPI = 110
 _CMAP = "RdYlGn"  # red = occluded (0), green = visible (1)
 _LOSSES = ("loss", "adaface_loss", "pairwise_loss", "cls_loss", "triplet_loss", "occlusion_loss")
 
 
 def _figure(rows: int, cols: int, size: tuple[float, float]) -> tuple[Any, np.ndarray]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size)
-    FigureCanvasAgg(fig)
-    axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
-    return fig, axes
-
-
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    fig = new_figure(size)
+    return fig, np.asarray(fig.subplots(rows, cols, squeeze=False))
 
 
 def _overlay(ax: Any, image_bgr: np.ndarray, grid: np.ndarray, title: str) -> None:
@@ -68,7 +59,7 @@ def plot_occlusion_overlay(paths: Sequence[str], figure: Mapping[str, Mapping[st
         for c, key in enumerate(variants):
             _overlay(axes[r, 1 + 2 * c], masked, figure[key]["masked"][r], f"({key}) predicted, masked")
             _overlay(axes[r, 2 + 2 * c], image, figure[key]["clean"][r], f"({key}) predicted, clean")
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=_DPI)
 
 
 def plot_mean_maps(maps: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
@@ -87,7 +78,7 @@ def plot_mean_maps(maps: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
             ax.text(x, y, f"{value:.2f}", ha="center", va="center", fontsize=5)
         ax.set_title(title, fontsize=8)
         ax.set_axis_off()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=_DPI)
 
 
 def plot_loss_curves(curves: Mapping[str, Sequence[Mapping[str, Sequence[float]]]], path: Path) -> Path:
@@ -106,4 +97,4 @@ def plot_loss_curves(curves: Mapping[str, Sequence[Mapping[str, Sequence[float]]
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0, 0].legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=_DPI)
