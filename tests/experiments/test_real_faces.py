@@ -13,7 +13,8 @@ from oaml.errors import ConfigError
 from oaml.evaluation.embed import MaskedImages
 from oaml.evaluation.eval_data import EvalImages
 from oaml.experiments.real_faces import (METHODS, StudyOptions, VARIANTS, occlusion_separation, read_loss_curves,
-                                         run_config, true_mask_grids)
+                                         run_config, run_study, steps_per_epoch, true_mask_grids)
+from oaml.experiments.study_data import Identity, Split
 from oaml.experiments.study_report import render_markdown
 from oaml.experiments.study_stats import aggregate
 
@@ -35,10 +36,31 @@ def test_variants_switch_exactly_the_documented_branches(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(("kwargs", "flag"), [
     ({"variants": ("a", "x")}, "--variants"), ({"variants": ()}, "--variants"), ({"seeds": (1, 1)}, "--seeds"),
-    ({"splits": ()}, "--splits"), ({"epochs": 0}, "--epochs"), ({"jobs": 0}, "--jobs")])
+    ({"splits": ()}, "--splits"), ({"epochs": 0}, "--epochs"), ({"jobs": 0}, "--jobs"),
+    ({"batch_size": 30}, "--batch-size"), ({"batch_size": 0}, "--batch-size")])
 def test_bad_options_name_the_flag(kwargs: dict, flag: str) -> None:
     with pytest.raises(ConfigError, match=flag):
         StudyOptions(**kwargs)
+
+
+def test_steps_per_epoch_is_what_the_pk_sampler_yields(tmp_path: Path) -> None:
+    identities = [Identity("d", f"p{k}", f"/d/p{k}", tuple(f"/d/p{k}/{j}.png" for j in range(5))) for k in range(38)]
+    split = Split(0, tuple(identities), ())
+    assert steps_per_epoch(split, 64) == 2  # 38 identities, 16 per batch, the incomplete third batch dropped
+    assert steps_per_epoch(split, 16) == 9
+    assert steps_per_epoch(Split(0, tuple(identities[:10]), ()), 64) == 0
+
+
+def test_a_batch_larger_than_the_training_identities_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "faces"
+    for k in range(10):
+        (root / f"p{k}").mkdir(parents=True)
+        for j in range(4):
+            (root / f"p{k}" / f"{j}.png").write_bytes(b"x")
+    options = StudyOptions(roots=(str(root),), work_dir=str(tmp_path / "w"), output_dir=str(tmp_path / "o"))
+    with pytest.raises(ConfigError, match="--batch-size: 64 takes 16 identities per batch, but split 0 trains on 7"):
+        run_study(options)
+    assert not (tmp_path / "w").exists()  # refused before anything was linked or trained
 
 
 def test_occlusion_separation_matches_hand_computed_values() -> None:

@@ -39,12 +39,14 @@ from typing import Any
 
 import numpy as np
 
+from oaml.config import LossConfig
 from oaml.errors import ConfigError, DataError, OamlError
-from oaml.experiments.study_data import (HeldOutPairs, default_roots, discover_identities, held_out_pairs,
+from oaml.experiments.study_data import (HeldOutPairs, Split, default_roots, discover_identities, held_out_pairs,
                                          link_train_folder, split_identities)
 
 __all__ = ["FAR", "METHODS", "StudyOptions", "VARIANTS", "Variant", "add_study_arguments", "main",
-           "occlusion_separation", "options_from_args", "run_config", "run_study"]
+           "occlusion_separation", "options_from_args", "run_config", "run_study", "steps_per_epoch",
+           "threads_per_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ FAR = 1e-2
 
 METHODS = ("adaface", "qaconv", "combined")
 PROTOCOLS = ("clean", "masked")
+_K = LossConfig().instances_per_identity  # images per identity in a PK batch (the study does not change it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +133,8 @@ class StudyOptions:
                   ("--splits", self.splits, bool(self.splits) and len(set(self.splits)) == len(self.splits),
                    "expected distinct integers"),
                   ("--epochs", self.epochs, self.epochs >= 1, "expected >= 1"),
+                  ("--batch-size", self.batch_size, self.batch_size >= _K and self.batch_size % _K == 0,
+                   f"expected a positive multiple of {_K} (images per identity)"),
                   ("--jobs", self.jobs, self.jobs >= 1, "expected >= 1")]
         for flag, value, ok, expected in checks:
             if not ok:
@@ -335,6 +340,19 @@ def _figure_rows(pairs: HeldOutPairs, count: int = 6) -> tuple[int, ...]:
     return tuple(int(firsts[k]) for k in np.unique(picks))
 
 
+def threads_per_run(jobs: int) -> int:
+    """Torch threads of each of ``jobs`` runs trained side by side: the cores shared out, at least one."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def steps_per_epoch(split: Split, batch_size: int) -> int:
+    """Optimizer steps of one PK epoch on the split's training identities (what the training sampler yields)."""
+    from oaml.data.samplers import PKSampler
+
+    labels = np.repeat(np.arange(len(split.train)), [len(identity.images) for identity in split.train])
+    return len(PKSampler(labels, batch_size, _K))
+
+
 def _execute(tasks: list[RunTask], jobs: int) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     context = multiprocessing.get_context("spawn")
@@ -378,7 +396,7 @@ def run_study(options: StudyOptions) -> dict[str, Path]:
                         "OAML_SHARED_DATA) with att_faces_arcface112, lfw_subset10_arcface112, dlib_johns_arcface112")
     identities = discover_identities(roots)
     work = Path(options.work_dir).resolve()
-    threads = max(1, (os.cpu_count() or 1) // options.jobs)
+    threads = threads_per_run(options.jobs)
     tasks, splits = [], []
     for split_seed in options.splits:
         split = split_identities(identities, options.test_fraction, split_seed)
@@ -386,8 +404,12 @@ def run_study(options: StudyOptions) -> dict[str, Path]:
         if pairs.issame.shape[0] < 20:
             raise DataError(f"split {split_seed}: only {pairs.issame.shape[0]} held-out pairs; 10 folds need more "
                             f"(add identities with more images or raise --test-fraction)")
+        steps = steps_per_epoch(split, options.batch_size)
+        if steps == 0:
+            raise ConfigError(f"--batch-size: {options.batch_size} takes {options.batch_size // _K} identities per "
+                              f"batch, but split {split_seed} trains on {len(split.train)}; lower --batch-size")
         train_dir = link_train_folder(split.train, work / f"split{split_seed}" / "train")
-        splits.append({"split": split, "pairs": pairs})
+        splits.append({"split": split, "pairs": pairs, "steps_per_epoch": steps})
         for seed in options.seeds:
             for key in options.variants:
                 tasks.append(RunTask(key, seed, split_seed, str(train_dir), str(work / f"split{split_seed}" /

@@ -296,13 +296,14 @@ def _setup(options: Any, roots: Sequence[Path], identities: Sequence[Identity], 
                            "test_per_dataset": ", ".join(f"{d} {n}" for d, n in per.items()),
                            "genuine": pairs.num_genuine, "impostor": pairs.num_impostor,
                            "test_keys": [i.key for i in split.test]})
-    steps_per_epoch = min(s["train_identities"] for s in split_info) // (options.batch_size // 4)
-    threads = max(1, (os.cpu_count() or 1) // options.jobs)
+    from oaml.experiments.real_faces import threads_per_run
+
+    steps_per_epoch = min(entry["steps_per_epoch"] for entry in splits)
     return {"command": command, "version": __version__, "date": _dt.date.today().isoformat(),
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()})",
-            "threads_per_run": threads, "wall_time_s": wall_s, "datasets": datasets, "splits": split_info,
-            "options": asdict(options), "steps_per_epoch": max(1, steps_per_epoch),
-            "steps": max(1, steps_per_epoch) * options.epochs}
+            "threads_per_run": threads_per_run(options.jobs), "wall_time_s": wall_s, "datasets": datasets,
+            "splits": split_info, "options": asdict(options), "steps_per_epoch": steps_per_epoch,
+            "steps": steps_per_epoch * options.epochs}
 
 
 def write_study(options: Any, roots: Sequence[Path], identities: Sequence[Identity], splits: Sequence[dict[str, Any]],
