@@ -12,6 +12,7 @@ import ast
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from reliability_helpers import EXPLOITS, ROOT, tiny_config
@@ -225,3 +226,44 @@ def test_nothing_but_safe_pickle_unpickles() -> None:
                 bad += [f"{path.relative_to(ROOT)}:{node.lineno} from {node.module} import {a.name}"
                         for a in node.names if a.name.startswith(("load", "Unpickler"))]
     assert not bad, f"unpickling outside oaml.data.safe_pickle: {bad}"
+
+
+@pytest.mark.parametrize("content, expected", [
+    (bytes(range(7, 256)) * 20, "is not a torch checkpoint (it starts with the bytes 07 08 09 0a"),
+    (b"", "is empty"),
+])
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(tmp_path: Path, content: bytes, expected: str) -> None:
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert expected in message and str(path) in message
+    assert "unsafe" not in message and "weights_only" not in message
+
+
+def test_random_pickle_bytes_are_damaged_not_unsafe(tmp_path: Path) -> None:
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(b"\x80\x02" + bytes(range(185, 256)) * 10)  # a pickle header, then garbage opcodes
+    with pytest.raises(CheckpointError, match="is damaged") as info:
+        read_checkpoint(path)
+    assert "unsafe" not in str(info.value) and "weights_only" not in str(info.value)
+
+
+def test_a_truncated_checkpoint_is_named_truncated(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, whole)
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or damaged") as info:
+        read_checkpoint(path)
+    assert "weights_only" not in str(info.value)
+
+
+def test_cli_eval_on_random_bytes_prints_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "random.ckpt"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    assert main(["eval", "--model-path", str(path), "--data-path", str(tmp_path), "--output-dir",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a torch checkpoint" in err[0] and "weights_only" not in err[0]

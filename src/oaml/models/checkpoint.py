@@ -19,6 +19,8 @@ import functools
 import logging
 import os
 import pickle
+import re
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,27 +44,62 @@ def extract_prefixed(state_dict: Mapping[str, Any], prefix: str) -> dict[str, An
     return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, Any]:
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6: a zip archive
+_PICKLE_PROTOCOL = 0x80  # the legacy format starts with a pickle (PROTO opcode)
+_UNSAFE = re.compile(r"unsupported global:? +(?:GLOBAL +)?([\w.]+)", re.IGNORECASE)
+
+
+def _format_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a torch checkpoint, judged from its bytes; None when it may be one."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
+        return "is empty"
+    if head.startswith(_ZIP_MAGIC):
+        return None if zipfile.is_zipfile(path) else "is a truncated or damaged checkpoint (its zip archive has no " \
+                                                      "central directory)"
+    if head[0] == _PICKLE_PROTOCOL:
+        return None
+    return f"is not a torch checkpoint (it starts with the bytes {head.hex(' ')}; torch.save writes a zip archive)"
+
+
+def _is_zip(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) == _ZIP_MAGIC
+
+
+def read_checkpoint(path: str | os.PathLike[str], mmap: bool = False) -> Mapping[str, Any]:
     """Read a checkpoint file safely (``weights_only=True``, on the CPU).
+
+    Args:
+        path: the file.
+        mmap: map the tensors instead of reading them (cheap when only metadata is needed; zip format only).
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        CheckpointError: if the file needs unsafe unpickling, is not a readable torch file (truncated, empty,
-            another format) or does not hold a mapping.
+        CheckpointError: if the file is not a checkpoint (empty, truncated, another format), needs unsafe
+            unpickling (it names the refused global), or does not hold a mapping. The message never suggests
+            loading it unsafely.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    problem = _format_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path!r} {problem}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and _is_zip(path))
     except pickle.UnpicklingError as exc:
+        unsafe = _UNSAFE.search(str(exc))
+        if unsafe is None:  # torch's text also advises weights_only=False: never pass that on
+            raise CheckpointError(f"checkpoint {path!r} is damaged: its pickled content cannot be read") from None
         raise CheckpointError(
-            f"checkpoint {path!r} needs unsafe unpickling (it holds objects other than tensors and plain "
-            f"containers); refused. Re-save it with only tensors and plain values. Detail: {exc}"
+            f"checkpoint {path!r} needs unsafe unpickling (it holds an object of type {unsafe.group(1)}; only "
+            f"tensors and plain containers are allowed); refused. Re-save it with plain values only"
         ) from exc
     except Exception as exc:  # torch raises RuntimeError/EOFError/KeyError... for truncated or foreign files
         raise CheckpointError(f"checkpoint {path!r} is not a readable torch checkpoint (truncated or another "
-                              f"format): {type(exc).__name__}: {exc}") from exc
+                              f"format): {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path!r} holds a {type(obj).__name__}, expected a mapping")
     return obj
