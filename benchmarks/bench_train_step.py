@@ -38,10 +38,10 @@ from typing import Any
 
 import torch
 from lightning.fabric import Fabric
-from torch import Tensor
 
 from benchmarks._timing import interleaved_seconds, module_main, ratio_of_medians, thread_note
 from oaml.constants import FACE_SIZE
+from oaml.data.batches import TrainBatch
 from oaml.losses import CombinedLoss
 from oaml.models import ClassMemory, build_face_model, build_head
 from oaml.training.optim import build_sgd
@@ -54,16 +54,13 @@ K_PER_IDENTITY = 4
 _FILL_CHUNK = 4096  # classes per class-memory fill
 COST_TARGET = 1.30  # full-objective step time / AdaFace-only step time, at batch 64 and width 0.125
 
-Batch = tuple[Tensor, Tensor, Tensor]
-
-
 def make_batch(batch: int, num_classes: int = NUM_CLASSES, device: str | torch.device = "cpu",
-               seed: int = 0) -> Batch:
+               seed: int = 0) -> TrainBatch:
     """A PK batch: ``batch / 4`` identities x 4 random images, and pixel visibility masks.
 
     Returns:
-        ``(images B x 3 x 112 x 112 in [-1, 1], labels B, visibility B x 112 x 112)``; every second image has a
-        lower-face occluder (the mask region of the medical-mask augmentation), the others are fully visible.
+        ``TrainBatch(images B x 3 x 112 x 112 in [-1, 1], labels B, visibility B x 112 x 112)``; every second image
+        has a lower-face occluder (the mask region of the medical-mask augmentation), the others are fully visible.
     """
     if batch % K_PER_IDENTITY:
         raise ValueError(f"batch must be a multiple of {K_PER_IDENTITY}, got {batch}")
@@ -72,7 +69,7 @@ def make_batch(batch: int, num_classes: int = NUM_CLASSES, device: str | torch.d
     images = torch.randn(batch, 3, FACE_SIZE, FACE_SIZE, generator=gen).clamp_(-1.0, 1.0)
     visibility = torch.ones(batch, FACE_SIZE, FACE_SIZE)
     visibility[::2, 64:, 16:96] = 0.0
-    return images.to(device), labels.to(device), visibility.to(device)
+    return TrainBatch(images.to(device), labels.to(device), visibility.to(device))
 
 
 def _autocast(device_type: str, precision: str) -> Any:
@@ -92,12 +89,12 @@ class StepSetup:
     fabric: Fabric
     scaler: torch.amp.GradScaler | None = None
 
-    def step(self, batch: Batch, precision: str = "fp32") -> None:
+    def step(self, batch: TrainBatch, precision: str = "fp32") -> None:
         """One optimizer step; ``precision`` is ``fp32``, ``bf16`` or ``fp16`` (autocast, as Lightning's
         ``*-mixed`` precisions: the forward and the loss under autocast, backward outside; fp16 with a grad
         scaler when one was created)."""
         self.optimizer.zero_grad(set_to_none=True)
-        device_type = batch[0].device.type
+        device_type = batch.images.device.type
         with _autocast(device_type, precision):
             loss = self.system.training_step(batch, 0)
         if loss is None:

@@ -45,6 +45,7 @@ __all__ = [
 ARCHS = ("ir_18", "ir_34", "ir_50", "ir_101", "ir_se_50")
 HEADS = ("adaface", "arcface", "cosface")
 OCCLUSION_METHODS = ("scaling", "none")
+_AUTO_WORKERS = 8  # beyond this the decoders of 112x112 JPEGs out-run any single device
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -221,13 +222,15 @@ class SystemConfig:
     num_nodes: int = _opt(1, "number of nodes for multi-node DDP")
     distributed_backend: str = _opt("ddp", "strategy when more than one device is used: ddp")
     use_16bit: bool = _opt(False, "mixed precision: 16-mixed on GPU, bf16-mixed on CPU")
-    num_workers: int = _opt(16, "data-loader workers per device (capped at the CPU count)")
+    num_workers: int = _opt(-1, "data-loader workers per device; -1 = the CPU cores this process may use, shared "
+                            "by the devices of the node, at most 8")
     prefix: str = _opt("default", "experiment name prefix: experiments/{prefix}_{MM-DD}_{n}")
     output_dir: str = _opt("experiments", "folder that holds the experiment folders")
     resume_from_checkpoint: str = _opt("", "Lightning checkpoint to resume training from")
     start_from_model_statedict: str = _opt("", "weights to start from (ours or a released AdaFace .ckpt)")
     evaluate: bool = _opt(False, "only evaluate start_from_model_statedict on the validation sets")
     fast_dev_run: bool = _opt(False, "run one training and one validation batch, then stop")
+    tensorboard: bool = _opt(False, "also log to TensorBoard in <run>/tensorboard (needs the tensorboard extra)")
     wandb: bool = _opt(False, "log to Weights & Biases (needs the wandb extra)")
     wandb_offline: bool = _opt(False, "W&B offline mode (no network needed; sync later)")
     wandb_project: str = _opt("oaml", "W&B project name")
@@ -242,7 +245,7 @@ class SystemConfig:
         _require(self.distributed_backend in ("ddp", "ddp_spawn", "ddp_find_unused_parameters_true"),
                  "distributed_backend", self.distributed_backend,
                  "choose ddp, ddp_spawn or ddp_find_unused_parameters_true")
-        _require(self.num_workers >= 0, "num_workers", self.num_workers, "expected an integer >= 0")
+        _require(self.num_workers >= -1, "num_workers", self.num_workers, "expected an integer >= 0, or -1 (auto)")
         _require(bool(self.prefix) and "/" not in self.prefix, "prefix", self.prefix,
                  "expected a non-empty name without '/'")
 
@@ -253,8 +256,14 @@ class SystemConfig:
 
     @property
     def workers(self) -> int:
-        """``num_workers`` capped at the CPU count."""
-        return min(self.num_workers, os.cpu_count() or 1)
+        """Data-loader workers per device: ``num_workers`` capped at the usable cores, or for -1 the usable cores
+        shared by the node's devices, at most 8."""
+        from oaml.devices import cpu_count
+
+        cores = cpu_count()
+        if self.num_workers >= 0:
+            return min(self.num_workers, cores)
+        return max(1, min(_AUTO_WORKERS, cores // self.devices))
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir", "is_writable_dir"]
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def is_writable_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether oaml may write into the folder ``path``.
+
+    False for a missing folder, a read-only mount (``os.access`` sees it) and a folder without write bits:
+    a shared dataset folder made read-only on purpose stays untouched even for root, whom permissions do not stop.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return bool(mode & 0o222) and os.access(path, os.W_OK)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

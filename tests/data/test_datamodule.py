@@ -39,11 +39,12 @@ def test_prepare_setup_and_loaders(data_dirs: tuple[Path, Path]) -> None:
     assert module.num_classes == 6 and module.class_names == [str(c) for c in range(6)]
     loader = module.train_dataloader()
     assert len(loader) == 3  # 6 identities, P = 8 / 4 = 2 per batch
-    images, labels, visibility = next(iter(loader))
+    images, labels, visibility, skipped = next(iter(loader))
     assert images.shape == (8, 3, 112, 112) and images.dtype == torch.float32
     assert labels.shape == (8,) and labels.dtype == torch.int64
     assert visibility.shape == (8, 1, 112, 112) and visibility.min() >= 0
     assert (labels.view(-1, 4) == labels.view(-1, 4)[:, :1]).all()
+    assert skipped == ()  # no unreadable image in this batch
     loaders = module.val_dataloader()
     assert len(loaders) == 2  # clean, masked
     clean, masked = (next(iter(dl)) for dl in loaders)
@@ -128,7 +129,7 @@ class _Recorder:
                 self.val_batches: list[int] = []
 
             def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-                images, labels, _ = batch
+                images, labels = batch.images, batch.labels
                 self.seen.append(labels.tolist())
                 return torch.nn.functional.cross_entropy(self.net(images.mean(dim=(2, 3))), labels)
 

@@ -103,13 +103,14 @@ def test_record_dataset_on_the_mxnet_fixture(shared_data: Path, tmp_path: Path, 
     assert dataset.labels.tolist() == [int(r[1]) for r in rows]
     assert dataset.class_names == [str(i) for i in range(10)]
     assert count_decodes[0] == 0
-    image, label, visibility = dataset[3]
+    image, label, visibility, skipped = dataset[3]
     assert image.shape == (112, 112, 3) and image.dtype == np.uint8 and label == int(rows[3][1])
     assert visibility.shape == (112, 112) and visibility.dtype == np.float32 and visibility.min() == 1.0
+    assert skipped == ()
     png = cv2.imread(str(shared_data / "lfw_subset10_arcface112" / rows[3][3]))
     assert np.abs(image.astype(int) - png.astype(int)).mean() < 3.0  # BGR, same pixels up to JPEG loss
     dataset.transform = TrainTransform(mask_prob=1.0, seed=0)
-    tensor, label, vis = dataset[3]
+    tensor, label, vis, _ = dataset[3]
     assert tensor.shape == (3, 112, 112) and tensor.dtype == torch.float32
     assert vis.shape == (1, 112, 112) and 0 < vis.mean() < 1
 
@@ -146,7 +147,7 @@ def test_folder_dataset_layout_formats_and_labels(tmp_path: Path, image_factory:
     assert list(dataset.paths) == ["a_person/1.PNG", "a_person/2.bmp", "b_person/3.jpeg",
                                    "b_person/nested/deeper/4.pgm"]
     assert count_decodes[0] == 0
-    image, label, _ = dataset[0]
+    image, label, _, _ = dataset[0]
     assert image.shape == (112, 112, 3) and label == 0
     assert np.array_equal(image[..., 0], gray) and np.array_equal(image[..., 2], gray)  # gray -> 3 equal channels
     assert np.array_equal(dataset[1][0], image_factory(2))  # BMP is lossless: exact BGR pixels
@@ -163,7 +164,7 @@ def test_non_112_images_raise_or_resize(tmp_path: Path, image_factory: Callable[
         FolderDataset(root)[0]
     message = str(info.value)
     assert "big.png" in message and "150x150" in message and "oaml align" in message and "resize" in message
-    resized, _, _ = FolderDataset(root, resize=True)[0]
+    resized = FolderDataset(root, resize=True)[0].image
     assert np.array_equal(resized, cv2.resize(big, (112, 112), interpolation=cv2.INTER_AREA))
 
 
@@ -172,7 +173,7 @@ def test_real_folders(shared_data: Path, count_decodes: list[int]) -> None:
     att = FolderDataset(shared_data / "att_faces_arcface112")
     assert att.num_classes == 40 and len(att) == 399 and count_decodes[0] == 0
     assert att.class_names[:3] == ["s1", "s10", "s11"] and np.bincount(att.labels).min() >= 9
-    image, label, _ = att[0]
+    image, label, _, _ = att[0]
     assert image.shape == (112, 112, 3) and label == 0
     with pytest.raises(DataError, match="150x150"):
         FolderDataset(shared_data / "dlib_johns")[0]
@@ -194,15 +195,17 @@ def test_replace_on_error_uses_the_same_identity(make_folder: Callable[..., Path
     (root / "p" / "001.png").write_bytes(b"broken")
     dataset = FolderDataset(root, replace_on_error=True, max_bad_fraction=0.5)
     with caplog.at_level(logging.WARNING):
-        image, label, _ = dataset[1]
+        image, label, _, _ = dataset[1]
     assert label == 0
     same_identity = [dataset.load_image(i) for i in (0, 2)]
     assert any(np.array_equal(image, other) for other in same_identity)
     assert dataset.num_skipped == 1 and "001.png" in dataset.skipped[0][0]
     assert "001.png" in caplog.text
     strict = FolderDataset(root, replace_on_error=True, max_bad_fraction=0.0)
-    with pytest.raises(DataError, match="aborting"):
-        strict[1]
+    strict[1]  # one unreadable image is always tolerated (max(1, 0.0 x 5))
+    (root / "q" / "000.png").write_bytes(b"broken too")
+    with pytest.raises(DataError, match="2 of 5 training images are unreadable, more than the 1 allowed"):
+        strict[3]
 
 
 def test_corrupt_record_names_the_key(make_rec: Callable[..., Path]) -> None:
@@ -211,8 +214,10 @@ def test_corrupt_record_names_the_key(make_rec: Callable[..., Path]) -> None:
     with pytest.raises(DataError, match="key 2"):
         dataset[1]
     tolerant = RecordDataset(rec, replace_on_error=True, max_bad_fraction=0.5)
-    image, label, _ = tolerant[1]
+    image, label, _, skipped = tolerant[1]
     assert label == 0 and np.array_equal(image, tolerant.load_image(0))
+    assert len(skipped) == 1 and "key 2" in skipped[0]  # the replacement is reported with the item
+    assert tolerant[1].skipped == ()  # a known bad image is reported once
 
 
 def test_folder_subset_by_relative_path(make_folder: Callable[..., Path], tmp_path: Path) -> None:
@@ -242,3 +247,65 @@ def test_reader_reopens_after_fork(make_rec: Callable[..., Path]) -> None:
 def test_shared_folder_gets_no_cache(shared_data: Path) -> None:
     # With an explicit cache_dir, nothing is written next to the shared fixture.
     assert not (shared_data / "insightface_rec_lfw20" / "train.labels.npz").exists()
+
+
+def test_cache_skips_a_folder_without_write_bits(make_rec: Callable[..., Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = make_rec([0, 1, 1])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    rec.parent.chmod(0o555)  # read-only by intent (root could still write: the code must not)
+    try:
+        assert RecordIndex.load(rec).num_classes == 2
+        assert sorted(p.name for p in rec.parent.iterdir()) == ["train.idx", "train.rec"]
+    finally:
+        rec.parent.chmod(0o755)
+    assert len(list((tmp_path / "xdg" / "oaml" / "labels").glob("train-*.labels.npz"))) == 1
+
+
+_READ_ONLY_SCRIPT = """
+import sys
+from pathlib import Path
+from oaml.config import config_from_dict
+from oaml.training.build import build_datamodule
+from oaml.data.datasets import RecordDataset
+mount = Path(sys.argv[1])
+dataset = RecordDataset(mount / "data")
+config = config_from_dict(flat={"data_root": str(mount), "train_data_path": "data", "val_data_path": "data",
+                                "num_workers": 0})
+datamodule = build_datamodule(config)
+datamodule.prepare_data()
+datamodule.setup("fit")
+print(len(dataset), dataset.num_classes, datamodule.num_classes, [d.names for d in datamodule.val_datasets])
+"""
+
+
+def test_read_only_bind_mount(make_rec: Callable[..., Path], tmp_path: Path) -> None:
+    """A dataset on a read-only mount (cluster and container mounts): labels and memfiles go to the user cache."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.data.conftest import make_image, write_bin
+
+    rec = make_rec([0, 0, 1, 1, 2])
+    write_bin(rec.parent / "lfw.bin", [make_image(i) for i in range(4)], [True, False])
+    mount = tmp_path / "mnt"
+    (mount / "data").mkdir(parents=True)
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs util-linux unshare to make a private read-only bind mount")
+    command = (f"mount --bind {rec.parent} {mount / 'data'} && mount -o remount,ro,bind {mount / 'data'} && "
+               f"{sys.executable} -c '{_READ_ONLY_SCRIPT}' {mount}")
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg"), "OAML_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    probe = subprocess.run([unshare, "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a mount namespace here (unshare -rm: {probe.stderr.decode().strip()})")
+    result = subprocess.run([unshare, "-rm", "sh", "-c", command], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[:3] == ["5", "3", "3"]
+    assert "['lfw']" in result.stdout
+    assert sorted(p.name for p in rec.parent.iterdir()) == ["lfw.bin", "train.idx", "train.rec"]
+    assert len(list((tmp_path / "xdg" / "oaml" / "labels").glob("train-*.labels.npz"))) == 1
+    assert list((tmp_path / "cache" / "memfiles").rglob("lfw.u8"))

@@ -123,7 +123,7 @@ def test_labels_come_from_the_index_without_decoding(make_rec: Callable[..., Pat
     dataset = RecordDataset(rec)
     batches = list(PKSampler(dataset.labels, 8, 4, seed=0))
     assert calls == [] and len(batches) == 2
-    image, label, _ = dataset[batches[0][0]]
+    image, label, _, _ = dataset[batches[0][0]]
     assert len(calls) == 1 and label == dataset.labels[batches[0][0]]
 
 

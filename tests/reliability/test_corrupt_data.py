@@ -42,8 +42,9 @@ def _corrupt_file(synthetic: Path, kind: str) -> Path:
 
 
 def _assert_replaced_by_same_identity(dataset: RecordDataset | FolderDataset, index: int) -> None:
-    image, label, _ = dataset[index]
+    image, label, _, skipped = dataset[index]
     assert label == dataset.labels[index]
+    assert len(skipped) <= 1 and all("cannot decode" in entry for entry in skipped)  # reported with the item
     others = [i for i in np.flatnonzero(dataset.labels == label) if i != index]
     assert any(np.array_equal(image, dataset.load_image(int(i))) for i in others), "not an image of the identity"
 
@@ -107,13 +108,38 @@ def test_training_skips_bad_images_and_summarises_each_epoch(synthetic: Path, tm
     assert len(summaries) == 1 and where in summaries[0] and "epoch 0: 1 unreadable" in summaries[0], summaries
 
 
-def test_training_aborts_past_max_bad_fraction(synthetic: Path, tmp_path: Path) -> None:
+def test_workers_report_their_skips_to_the_summary(synthetic: Path, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    # Each DataLoader worker keeps its own dataset copy; the summary in the main process must still count the skip.
     _corrupt_record(synthetic, "garbage")
-    config = tiny_config(synthetic.parent, synthetic.name, tmp_path / "runs", max_bad_fraction=0.0)
+    config = tiny_config(synthetic.parent, synthetic.name, tmp_path / "runs", max_bad_fraction=0.1, num_workers=2)
+    with caplog.at_level(logging.WARNING, logger="oaml.training"):
+        run_training(config)
+    summaries = [r.getMessage() for r in caplog.records if "skipped and replaced" in r.getMessage()]
+    assert len(summaries) == 1 and "epoch 0: 1 unreadable" in summaries[0], summaries
+    assert f"train.rec key {BAD_KEY}" in summaries[0]
+
+
+def test_one_bad_image_is_tolerated_by_the_default_fraction(synthetic: Path, tmp_path: Path) -> None:
+    # 32 images x 0.001 rounds to 0 tolerated images; a small set must still survive one unreadable file.
+    _corrupt_record(synthetic, "garbage")
+    result = run_training(tiny_config(synthetic.parent, synthetic.name, tmp_path / "runs"))
+    assert result.last_checkpoint is not None
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_aborts_past_max_bad_fraction(synthetic: Path, tmp_path: Path, workers: int) -> None:
+    rec = synthetic / "train.rec"
+    for key in (BAD_KEY, BAD_KEY + 12):  # two identities, so that both can be replaced
+        replace_payload(rec, key, b"this is not a JPEG")
+    config = tiny_config(synthetic.parent, synthetic.name, tmp_path / "runs", max_bad_fraction=0.0,
+                         num_workers=workers)
     with pytest.raises(DataError) as info:
         run_training(config)
     message = str(info.value)
-    assert "max_bad_fraction=0.0" in message and f"train.rec key {BAD_KEY}" in message and "1 of 32" in message
+    assert "\n" not in message and "Traceback" not in message, message
+    assert "2 of 32 training images are unreadable" in message and "the 1 allowed" in message, message
+    assert "train.rec key" in message and "--max_bad_fraction" in message
 
 
 @pytest.mark.parametrize("cut", [1, 100, "last record"])

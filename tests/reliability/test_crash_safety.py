@@ -185,20 +185,29 @@ def test_signal_saves_a_resumable_last_checkpoint(synthetic: Path, tmp_path: Pat
         _wait_for("*/preview.png", out, process, timeout=60)
         time.sleep(1.0)
         process.send_signal(signum)
-        _, stderr = process.communicate(timeout=60)
+        stdout, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
+    assert process.returncode == 128 + signum, (process.returncode, stderr[-3000:])  # 143 / 130, never 0
     assert "saved a resumable checkpoint" in stderr, stderr[-3000:]
     (last,) = out.glob("*/checkpoints/last.ckpt")
+    summary = stdout
+    assert f"interrupted by {signal.Signals(signum).name}" in summary and f"--resume_from_checkpoint {last}" in summary
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] >= 1 and checkpoint["optimizer_states"] and "oaml" in checkpoint
+    run = last.parents[1]
+    rows_before = (run / "metrics.csv").read_text().count("\n")
     epochs = checkpoint["epoch"] + 2  # the interrupted epoch plus one more
-    resumed = subprocess.run(_train_command(synthetic, tmp_path / "resumed", "--epochs", str(epochs),
-                                            "--resume_from_checkpoint", str(last)),
+    # The seed's README form: the checkpoint and the data; the model settings come from the checkpoint.
+    resumed = subprocess.run([sys.executable, str(ROOT / "main.py"), "--resume_from_checkpoint", str(last),
+                              "--data_root", str(synthetic.parent), "--train_data_path", synthetic.name,
+                              "--val_data_path", "absent", "--epochs", str(epochs)],
                              cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=90)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint" in resumed.stderr, resumed.stderr[-3000:]
-    (final,) = (tmp_path / "resumed").glob("*/checkpoints/last.ckpt")
-    state = torch.load(final, map_location="cpu", weights_only=True)
+    assert sorted(p.name for p in out.iterdir()) == [run.name]  # continued in the same run folder
+    state = torch.load(last, map_location="cpu", weights_only=True)
     assert state["epoch"] == epochs - 1 and state["global_step"] > checkpoint["global_step"]
+    assert (run / "metrics.csv").read_text().count("\n") > rows_before  # appended, not replaced
+    assert "resuming in" in (run / "train.log").read_text()

@@ -208,3 +208,75 @@ def test_bin_to_memfile_and_cli_conversions(tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(SystemExit) as exited:
         main(["convert"])
     assert exited.value.code == 2
+
+
+# ------------------------------------------------------------------- issue 14: overwrite and bad images
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:300])  # a JPEG cut short: its magic bytes survive, decoding fails
+
+
+def test_folder_to_rec_refuses_to_overwrite_an_existing_rec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _identity_folders(tmp_path / "faces")
+    folder_to_rec(tmp_path / "faces", tmp_path / "rec", progress=False)
+    before = (tmp_path / "rec" / "train.rec").read_bytes()
+    small = tmp_path / "small"
+    (small / "zoe").mkdir(parents=True)
+    cv2.imwrite(str(small / "zoe" / "1.jpg"), _face(9))
+    assert main(["convert", "folder-to-rec", str(small), str(tmp_path / "rec"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.rec already exists" in err[0] and "--overwrite" in err[0]
+    assert (tmp_path / "rec" / "train.rec").read_bytes() == before  # 6 images were not replaced by 1
+    assert main(["convert", "folder-to-rec", str(small), str(tmp_path / "rec"), "--no-progress", "--overwrite"]) == 0
+    assert RecordDataset(tmp_path / "rec", cache_dir=tmp_path / "cache").num_classes == 1
+
+
+def test_folder_to_rec_validates_every_image_while_packing(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    _identity_folders(tmp_path / "faces")
+    _truncate(tmp_path / "faces" / "carol" / "2.jpg")
+    with pytest.raises(DataError, match=r"carol/2.jpg: not a decodable image .*--skip-bad"):
+        folder_to_rec(tmp_path / "faces", tmp_path / "rec", progress=False)
+    assert not (tmp_path / "rec" / "train.rec").exists()  # nothing published
+    assert main(["convert", "folder-to-rec", str(tmp_path / "faces"), str(tmp_path / "rec"), "--no-progress",
+                 "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out and "carol/2.jpg" in out and "5 images of 3 identities" in out
+    dataset = RecordDataset(tmp_path / "rec", cache_dir=tmp_path / "cache")
+    assert len(dataset) == 5 and all(dataset.load_image(k).shape == (112, 112, 3) for k in range(5))
+
+
+def test_rec_to_folder_refuses_a_full_folder_and_undecodable_records(tmp_path: Path) -> None:
+    from oaml.errors import ConfigError
+
+    _identity_folders(tmp_path / "faces")
+    folder_to_rec(tmp_path / "faces", tmp_path / "rec", progress=False)
+    rec_to_folder(tmp_path / "rec", tmp_path / "back", progress=False)
+    with pytest.raises(ConfigError, match="is not empty"):
+        rec_to_folder(tmp_path / "rec", tmp_path / "back", progress=False)
+    from tests.reliability.reliability_helpers import replace_payload
+
+    good = RecordReader(tmp_path / "rec" / "train.rec").read_record(2)[1]
+    replace_payload(tmp_path / "rec" / "train.rec", 2, good[:300])
+    with pytest.raises(DataError, match="key 2: JPEG payload .* does not decode"):
+        rec_to_folder(tmp_path / "rec", tmp_path / "again", progress=False)
+    result = rec_to_folder(tmp_path / "rec", tmp_path / "again", progress=False, overwrite=True, skip_bad=True)
+    assert result.num_images == 5 and [key for key, _ in result.skipped] == [2]
+
+
+def test_pairs_to_bin_skip_bad_drops_the_pairs_of_a_broken_image(tmp_path: Path) -> None:
+    root = tmp_path / "aligned"
+    for name in ("Ann", "Bob"):
+        (root / name).mkdir(parents=True)
+        for number in (1, 2):
+            cv2.imwrite(str(root / name / f"{name}_{number:04d}.jpg"), _face(number + len(name)))
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("Ann\t1\t2\nBob\t1\t2\nAnn\t1\tBob\t2\n")
+    _truncate(root / "Bob" / "Bob_0001.jpg")
+    with pytest.raises(DataError, match="Bob_0001.jpg.*--skip-bad"):
+        pairs_to_bin(root, pairs, tmp_path / "lfw.bin")
+    summary = pairs_to_bin(root, pairs, tmp_path / "lfw.bin", skip_bad=True)
+    assert (summary.num_pairs, summary.num_dropped, len(summary.skipped)) == (2, 1, 1)
+    images, issame = load_bin(tmp_path / "lfw.bin")
+    assert len(images) == 4 and issame.tolist() == [True, False]
+    with pytest.raises(Exception, match="already exists"):
+        pairs_to_bin(root, pairs, tmp_path / "lfw.bin", skip_bad=True)

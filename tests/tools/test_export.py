@@ -81,6 +81,29 @@ def test_onnx_export_parity_metadata_and_qaconv_sidecars(tiny_ckpt: Path, tmp_pa
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)  # matching outside PyTorch
 
 
+def test_documented_flip_recipe_reproduces_model_embed(tiny_ckpt: Path, tmp_path: Path, onnx_extra: None) -> None:
+    """The graph embeds one view; the recipe in the metadata (both views, norm-weighted) gives ``model.embed``."""
+    import onnx
+    import onnxruntime
+
+    import oaml
+
+    result = export_model(tiny_ckpt, tmp_path / "tiny.onnx", check=False)
+    props = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}
+    assert "x[..., ::-1]" in props["embedding_recipe"] and "(n1 + n2) / 2" in props["embedding_recipe"]
+    faces = np.random.default_rng(3).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)  # uint8 BGR
+    x = np.ascontiguousarray(faces.transpose(0, 3, 1, 2), np.float32) / 255.0 * 2.0 - 1.0  # (x / 255 - 0.5) / 0.5
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    e1, n1 = session.run(["embedding", "norm"], {"input": x})
+    e2, n2 = session.run(["embedding", "norm"], {"input": np.ascontiguousarray(x[..., ::-1])})
+    fused = n1 * e1 + n2 * e2
+    fused /= np.linalg.norm(fused, axis=1, keepdims=True)
+    embedding, norm = oaml.load_model(tiny_ckpt).embed(faces)
+    np.testing.assert_allclose(fused, embedding, atol=1e-5)
+    np.testing.assert_allclose((n1[:, 0] + n2[:, 0]) / 2, norm, rtol=1e-5)
+    assert np.abs(e1 - embedding).max() > 1e-3  # the single view alone is not oaml's embedding
+
+
 def test_torchscript_export(tiny_ckpt: Path, tmp_path: Path) -> None:
     result = export_model(tiny_ckpt, tmp_path / "tiny.pt", fmt="torchscript")
     assert [(c.name, c.batch) for c in result.parity] == [("random", 1), ("random", 7)]
@@ -118,6 +141,7 @@ def test_cli_export_prints_parity_and_names_a_missing_extra(tiny_ckpt: Path, tmp
     assert main(["export", str(tiny_ckpt), "--output", str(tmp_path / "m.onnx")]) == 0
     out = capsys.readouterr().out
     assert "random batch 1" in out and "random batch 7" in out and "feature_map" in out
+    assert "note: the embedding output is that of the single input view" in out
     assert main(["export", str(tiny_ckpt), "--output", str(tmp_path / "m.onnx"), "--tolerance", "1e-12"]) == 1
     monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` raise ImportError
     assert main(["export", str(tiny_ckpt), "--output", str(tmp_path / "n.onnx")]) == 2

@@ -73,13 +73,14 @@ def test_kill_and_resume_matches_an_uninterrupted_run(data_dir: Path, tmp_path: 
     flat = {"mask_prob": 0.0, "flip_prob": 0.0, "val_data_path": "absent", "deterministic": True}
     full = run_training(_config(data_dir, tmp_path / "full", epochs=3, lr_milestones="2", **flat))
     first = run_training(_config(data_dir, tmp_path / "part", epochs=2, lr_milestones="2", **flat))
-    resumed = run_training(_config(data_dir, tmp_path / "resumed", epochs=3, lr_milestones="2",
+    c = _weights(first.last_checkpoint)
+    resumed = run_training(_config(data_dir, tmp_path / "part", epochs=3, lr_milestones="2",
                                    resume_from_checkpoint=str(first.last_checkpoint), **flat))
+    assert resumed.experiment_dir == first.experiment_dir  # the resumed run continues in its own folder
     a, b = _weights(full.last_checkpoint), _weights(resumed.last_checkpoint)
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
-    c = _weights(first.last_checkpoint)
     assert any(not torch.equal(a[k], c[k]) for k in a)  # the third epoch changed the weights
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from oaml.config import config_from_dict
+from oaml.data.batches import TrainBatch
 from oaml.training.build import build_system
 
 
@@ -20,7 +21,8 @@ def _occlusion_head_grads(detach: bool, occlusion_weight: float) -> tuple[list[t
     system.log = system.log_dict = lambda *args, **kwargs: None  # outside a fit loop there is nowhere to log
     visibility = torch.ones(8, 1, 112, 112)
     visibility[:, :, 64:, :] = 0.0  # a mask over the lower face
-    loss = system.training_step((torch.randn(8, 3, 112, 112), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]), visibility), 0)
+    batch = TrainBatch(torch.randn(8, 3, 112, 112), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]), visibility)
+    loss = system.training_step(batch, 0)
     loss.backward()
     return ([p.grad for p in system.model.occlusion_head.parameters()],
             system.model.backbone.input_layer[0].weight.grad)

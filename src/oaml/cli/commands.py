@@ -22,7 +22,11 @@ def _make_synthetic(args: argparse.Namespace) -> int:
     formats = ("rec", "folder") if args.format == "both" else (args.format,)
     summary = make_synthetic(args.out, identities=args.identities, images=args.images, seed=args.seed,
                              formats=formats, val_pairs=args.val_pairs, workers=args.workers)
-    print(summary)
+    spec = summary.spec
+    state = "reused (already made with these settings)" if summary.cached else f"made in {summary.seconds:.1f} s"
+    print(f"{summary.out_dir}: {summary.num_images} training images of {spec.identities} identities "
+          f"({', '.join(spec.formats)}), {summary.num_val_images} held-out images in 5 verification sets of "
+          f"{spec.pairs_per_set} pairs; seed {spec.seed}; {state}")
     return 0
 
 
@@ -34,15 +38,13 @@ def _train(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     check_data_paths(config)
-    _print_summary(run_training(config))
-    return 0
+    return _print_summary(run_training(config))
 
 
 def _demo(args: argparse.Namespace) -> int:
     from oaml.training.demo import run_demo
 
-    _print_summary(run_demo(args.cache_dir, args.epochs))
-    return 0
+    return _print_summary(run_demo(args.cache_dir, args.epochs))
 
 
 def _study(args: argparse.Namespace) -> int:
@@ -53,11 +55,18 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(result: TrainingResult) -> None:
+def _print_summary(result: TrainingResult) -> int:
+    """Print the run's summary (rank 0), append it to its ``train.log``, and return the exit status."""
     from oaml.training.run import format_summary
 
     if result.is_global_zero:
-        print(format_summary(result))
+        text = format_summary(result)
+        print(text)
+        log = result.experiment_dir / "train.log"
+        if log.is_file():
+            with open(log, "a", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+    return result.exit_status
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {

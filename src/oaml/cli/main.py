@@ -17,6 +17,7 @@ from oaml.cli.eval_commands import add_embed_arguments
 from oaml.cli.tool_commands import add_align_arguments, add_convert_arguments, add_export_arguments
 from oaml.config import OamlConfig, config_from_dict, field_index, load_yaml, validate
 from oaml.errors import ConfigError, OamlError
+from oaml.evaluation.options import EvalOptions
 from oaml.experiments.real_faces import add_study_arguments
 
 __all__ = ["add_config_arguments", "build_parser", "config_from_args", "main"]
@@ -46,8 +47,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> OamlConfig:
     """Resolve defaults < YAML file < ``--set`` < explicit flags, then run the cross-section checks.
 
+    With ``--resume_from_checkpoint`` the checkpoint's stored configuration takes the place of the defaults
+    (:func:`oaml.training.resume.resume_config`), so a resumed run rebuilds the model it trained.
+
     Raises:
-        ConfigError: on any bad key or value.
+        ConfigError: on any bad key or value, or a setting that conflicts with the resumed checkpoint.
     """
     nested = load_yaml(args.config) if args.config else {}
     flat: dict[str, Any] = {}
@@ -60,7 +64,13 @@ def config_from_args(args: argparse.Namespace) -> OamlConfig:
         value = getattr(args, key, None)
         if value is not None:
             flat[key] = value
-    config = config_from_dict(nested, flat)
+    resume = flat.get("resume_from_checkpoint") or flat.get("system.resume_from_checkpoint")
+    if resume:
+        from oaml.training.resume import resume_config
+
+        config = resume_config(str(resume), nested, flat)
+    else:
+        config = config_from_dict(nested, flat)
     validate(config)
     return config
 
@@ -69,7 +79,12 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", required=True, help="checkpoint: ours, or a released AdaFace .ckpt")
     parser.add_argument("--data-path", required=True,
                         help="aligned identity folders, or a .bin verification file")
-    parser.add_argument("--output-dir", default="results", help="folder for results.json, report.md and plots")
+    parser.add_argument("--output-dir", default="results", help="folder for results.json, report.md and plots; an "
+                        "earlier evaluation there is kept unless --overwrite is given")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in "
+                        "--output-dir")
+    parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images and the pairs that use "
+                        "them (listed in results.json and report.md) instead of stopping at the first one")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--adaface-weight", type=float, default=0.5, help="weight of the AdaFace score")
     parser.add_argument("--qaconv-weight", type=float, default=0.5, help="weight of the QAConv score")
@@ -78,8 +93,8 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask-probes", action="store_true",
                         help="also evaluate with deterministic synthetic masks on one side of every pair")
     parser.add_argument("--arch", default=None, help="override the architecture read from the checkpoint")
-    parser.add_argument("--num-workers", type=int, default=2, help="data-loader workers")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument("--num-workers", type=int, default=EvalOptions.num_workers, help="data-loader workers")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
     parser.add_argument("--mask-seed", type=int, default=0, help="seed of the deterministic synthetic masks")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--no-plots", action="store_true", help="skip roc.png and the score histograms")
@@ -116,17 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = sub.add_parser("train", help="train (or --evaluate) a model", description="Train a model.")
     add_config_arguments(train)
-    evaluate = sub.add_parser("eval", help="evaluate a model on any aligned dataset (ROC, VR@FAR, report)")
+    evaluate = sub.add_parser("eval", help="evaluate a model on any aligned dataset (ROC, VR@FAR, report)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_eval_arguments(evaluate)
-    demo = sub.add_parser("demo", help="train a small model on built-in synthetic faces and print accuracies")
+    demo = sub.add_parser("demo", help="train a small model on built-in synthetic faces and print accuracies",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_argument("--cache-dir", default=None, help="where the synthetic data and the run go")
     demo.add_argument("--epochs", type=int, default=16, help="training epochs")
-    synthetic = sub.add_parser("make-synthetic", help="draw a procedural face dataset (train.rec + .bin files)")
+    synthetic = sub.add_parser("make-synthetic", help="draw a procedural face dataset (train.rec + .bin files)",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_synthetic_arguments(synthetic)
-    add_embed_arguments(sub.add_parser("embed", help="write embeddings of a folder of aligned faces"))
+    add_embed_arguments(sub.add_parser("embed", help="write embeddings of a folder of aligned faces",
+                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter))
     study = sub.add_parser("study", help="real-face ablation: do masks, QAConv and the occlusion head help on "
                            "masked faces? (writes results.md)", description="Train the ablation's configurations "
-                           "on aligned identity folders, score held-out identities clean and masked, write the report.")
+                           "on aligned identity folders, score held-out identities clean and masked, write the report.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_study_arguments(study)
     for name, text, add_arguments in (
             ("convert", "convert datasets (folder <-> rec, bin -> memfile, pairs -> bin)", add_convert_arguments),

@@ -105,6 +105,7 @@ def export_command(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {result.path} ({result.format}; outputs {', '.join(result.outputs)}; channel order "
           f"{result.metadata['channel_order']})")
+    print(f"note: {result.metadata['embedding_recipe']}")
     if result.qaconv_files:
         print(f"wrote {result.qaconv_files[0]} and {result.qaconv_files[1]} (QAConv parameters)")
     if result.parity:
@@ -118,6 +119,11 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- convert
+def _add_write_flags(parser: argparse.ArgumentParser, overwrite: str, skip_bad: str) -> None:
+    parser.add_argument("--overwrite", action="store_true", help=overwrite)
+    parser.add_argument("--skip-bad", action="store_true", help=skip_bad)
+
+
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``oaml convert`` conversions (sub-subcommands) to ``parser``."""
     sub = parser.add_subparsers(dest="conversion", metavar="CONVERSION", required=True)
@@ -129,10 +135,14 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                           "non-JPEG image is re-encoded as JPEG (default: keep)")
     rec.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality for --encode jpeg (default: 95)")
     rec.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_write_flags(rec, "replace an existing OUT_DIR/train.rec", "leave out images that cannot be read or decoded "
+                     "(listed) instead of stopping at the first one")
     folder = sub.add_parser("rec-to-folder", help=".rec -> OUT_DIR/<label>/<key>.jpg (payload bytes as they are)")
     folder.add_argument("rec", metavar="REC", help="the .rec file (its .idx next to it) or a folder with train.rec")
     folder.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
     folder.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_write_flags(folder, "write into a non-empty OUT_DIR", "leave out image records that do not decode (listed) "
+                     "instead of stopping at the first one")
     memfile = sub.add_parser("bin-to-memfile", help="verification .bin -> uint8 memfile + issame + JSON sidecar")
     memfile.add_argument("bin", metavar="BIN", help="the .bin file")
     memfile.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
@@ -146,6 +156,13 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                        "in validation")
     pairs.add_argument("--skip-missing", action="store_true",
                        help="drop the pairs whose images are missing (with a warning) instead of failing")
+    _add_write_flags(pairs, "replace an existing OUT_BIN", "drop the pairs whose images cannot be decoded or are not "
+                     "112x112 (listed) instead of failing")
+
+
+def _print_skipped(entries: tuple[str, ...]) -> None:
+    for entry in entries:
+        print(f"skipped {entry}")
 
 
 def convert_command(args: argparse.Namespace) -> int:
@@ -154,20 +171,26 @@ def convert_command(args: argparse.Namespace) -> int:
 
     if args.conversion == "folder-to-rec":
         summary = convert.folder_to_rec(args.src, args.out_dir, encode=args.encode, jpeg_quality=args.jpeg_quality,
-                                        progress=not args.no_progress)
+                                        progress=not args.no_progress, overwrite=args.overwrite,
+                                        skip_bad=args.skip_bad)
+        _print_skipped(summary.skipped)
         print(f"wrote {summary.rec_path} (+ .idx, property, labels.tsv): {summary.num_images} images of "
               f"{summary.num_classes} identities, {summary.copied} copied byte for byte, {summary.reencoded} "
-              f"re-encoded")
+              f"re-encoded" + (f", {len(summary.skipped)} unreadable skipped" if summary.skipped else ""))
     elif args.conversion == "rec-to-folder":
-        result = convert.rec_to_folder(args.rec, args.out_dir, progress=not args.no_progress)
+        result = convert.rec_to_folder(args.rec, args.out_dir, progress=not args.no_progress,
+                                       overwrite=args.overwrite, skip_bad=args.skip_bad)
+        _print_skipped(tuple(f"key {key}: {why}" for key, why in result.skipped))
         print(f"wrote {result.num_images} images of {result.num_classes} labels to {result.out_dir}"
-              + (f"; skipped {len(result.skipped)} records that hold no image" if result.skipped else ""))
+              + (f"; skipped {len(result.skipped)} records" if result.skipped else ""))
     elif args.conversion == "bin-to-memfile":
         path = convert.bin_to_memfile(args.bin, args.out_dir, args.channel_order, args.name)
         print(f"wrote {path} and its issame array and JSON sidecar ({args.channel_order})")
     else:
-        written = convert.pairs_to_bin(args.aligned_dir, args.pairs, args.out, skip_missing=args.skip_missing)
+        written = convert.pairs_to_bin(args.aligned_dir, args.pairs, args.out, skip_missing=args.skip_missing,
+                                       overwrite=args.overwrite, skip_bad=args.skip_bad)
+        _print_skipped(written.skipped)
         print(f"wrote {written.out_path}: {written.num_pairs} pairs ({written.num_genuine} genuine) from "
-              f"{written.num_images} images" + (f"; dropped {written.num_dropped} pairs with missing images"
-                                                if written.num_dropped else ""))
+              f"{written.num_images} images" + (f"; dropped {written.num_dropped} pairs with missing or unreadable "
+                                                f"images" if written.num_dropped else ""))
     return 0

@@ -5,13 +5,14 @@ in ``oaml.training.build`` map the config onto them.
 
 Loaders:
 
-- ``train_dataloader``: :class:`~oaml.data.samplers.PKSampler` batches of ``(image 3x112x112, label,
-  visibility 1x112x112)``; rank and world size come from the attached Trainer. Build the Trainer with
-  ``use_distributed_sampler=False`` (the sampler already shards by rank).
+- ``train_dataloader``: :class:`~oaml.data.samplers.PKSampler` batches, :class:`~oaml.data.batches.TrainBatch`
+  records ``(images B x 3 x 112 x 112, labels, visibility B x 1 x 112 x 112, skipped)``; rank and world size
+  come from the attached Trainer. Build the Trainer with ``use_distributed_sampler=False`` (the sampler already
+  shards by rank).
 - ``val_dataloader``/``test_dataloader``: a **list** of loaders, index 0 the clean sets and index 1 (when
   ``val_masked``) the masked protocol (synthetic mask on the second image of each pair). Batches are
-  ``(image, issame, dataset_index, global_index)``. The list is empty when no verification set is present,
-  which makes Lightning skip validation.
+  :class:`~oaml.data.batches.PairBatch` records ``(images, issame, set_index, global_index)``. The list is empty
+  when no verification set is present, which makes Lightning skip validation.
 
 Checkpoints: :meth:`OAMLDataModule.state_dict` stores the sampler's epoch and the number of batches the loop
 has processed; on a mid-epoch resume the rebuilt sampler skips exactly those, so the run continues with the
@@ -34,6 +35,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, get_worker_info
 
 from oaml.constants import VAL_SET_NAMES, ChannelOrder
+from oaml.data.batches import collate_pairs, collate_train
 from oaml.data.datasets import FolderDataset, RecordDataset, resolve_record_path
 from oaml.data.samplers import PairShardSampler, PKSampler
 from oaml.data.transforms import TrainTransform
@@ -162,7 +164,7 @@ class OAMLDataModule(LightningDataModule):
         if not self.val_datasets and self.val_memfile_dir is not None:
             clean = FiveValidationDataset(self.val_memfile_dir, self.val_names, self.channel_order)
             if len(clean) == 0:
-                logger.warning("no verification set found in %s; validation is skipped", self.val_memfile_dir)
+                logger.info("no verification set found in %s; validation is skipped", self.val_memfile_dir)
                 return
             self.val_datasets = [clean]
             if self.val_masked:
@@ -203,15 +205,16 @@ class OAMLDataModule(LightningDataModule):
             self.train_sampler.load_state_dict(self._pending_sampler_state)
             self._pending_sampler_state = None
         return DataLoader(dataset, batch_sampler=self.train_sampler, num_workers=self.num_workers,
-                          worker_init_fn=functools.partial(seed_worker, rank=rank), pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+                          collate_fn=collate_train, worker_init_fn=functools.partial(seed_worker, rank=rank),
+                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
 
     def _val_loaders(self) -> list[DataLoader]:
         if not self.val_datasets:
             self.setup("validate")
         rank, world = self._rank_and_world()
         return [DataLoader(ds, batch_size=self.val_batch_size, sampler=PairShardSampler(len(ds), world, rank),
-                           num_workers=self.num_workers, worker_init_fn=seed_worker, pin_memory=self.pin_memory)
+                           num_workers=self.num_workers, collate_fn=collate_pairs, worker_init_fn=seed_worker,
+                           pin_memory=self.pin_memory)
                 for ds in self.val_datasets]
 
     def val_dataloader(self) -> list[DataLoader]:

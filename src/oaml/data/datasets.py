@@ -1,8 +1,10 @@
 """Training datasets over insightface RecordIO files and identity folders (SPEC §7).
 
-Both datasets yield ``(image, label, visibility)``: without a transform, a uint8 BGR ``112 x 112 x 3`` face,
-its contiguous int label and a float32 ``112 x 112`` map of ones; with a transform, whatever the transform
-returns as ``(image, visibility)`` (e.g. :class:`oaml.data.transforms.TrainTransform`).
+Both datasets yield :class:`~oaml.data.batches.TrainSample` records ``(image, label, visibility, skipped)``:
+without a transform, a uint8 BGR ``112 x 112 x 3`` face, its contiguous int label and a float32 ``112 x 112``
+map of ones; with a transform, the ``(image, visibility)`` it returns (e.g.
+:class:`oaml.data.transforms.TrainTransform`). ``skipped`` reports the unreadable images replaced while loading
+the item, so that the main process learns about the skips of every DataLoader worker.
 
 Labels never require decoding an image: :class:`RecordIndex` reads them from the record headers once and
 caches them in ``<stem>.labels.npz`` next to the data (or in a cache folder when the data folder is
@@ -25,11 +27,13 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from oaml.constants import FACE_SIZE
+from oaml.data.batches import TrainSample
 from oaml.data.recordio import RecordReader
 from oaml.errors import DataError, RecordIOError
+from oaml.fileio import atomic_write, is_writable_dir
 
-__all__ = ["FolderDataset", "IMAGE_EXTENSIONS", "RecordDataset", "RecordIndex", "decode_image",
-           "read_subset_file", "resolve_record_path"]
+__all__ = ["FolderDataset", "IMAGE_EXTENSIONS", "RecordDataset", "RecordIndex", "allowed_bad_images",
+           "decode_image", "read_subset_file", "resolve_record_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,14 @@ def decode_image(buf: bytes | np.ndarray, where: str, resize: bool = False, size
                             f"INTER_AREA")
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
     return image
+
+
+def allowed_bad_images(total: int, max_bad_fraction: float) -> int:
+    """How many unreadable images a dataset of ``total`` images tolerates: ``max(1, floor(fraction x total))``.
+
+    At least one, so that a single bad file never aborts training on a set under ``1 / max_bad_fraction`` images.
+    """
+    return max(1, math.floor(max_bad_fraction * total))
 
 
 def resolve_record_path(path: str | os.PathLike[str]) -> Path:
@@ -136,8 +148,7 @@ class RecordIndex:
         if cache_dir is not None:  # an explicit cache folder is the only location
             return [Path(cache_dir) / f"{rec_path.stem}-{digest}.labels.npz"]
         fallback = _default_cache_dir() / f"{rec_path.stem}-{digest}.labels.npz"
-        # A folder without write bits is read-only by intent (a shared dataset), even for root, who could write.
-        if not os.stat(rec_path.parent).st_mode & 0o222:
+        if not is_writable_dir(rec_path.parent):  # a read-only mount, or a folder read-only by intent
             return [fallback]
         return [rec_path.with_name(f"{rec_path.stem}.labels.npz"), fallback]
 
@@ -156,16 +167,12 @@ class RecordIndex:
     def _write_cache(candidates: list[Path], stamp: np.ndarray, keys: np.ndarray, raw: np.ndarray,
                      layout: str) -> None:
         for path in candidates:
-            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(tmp, "wb") as handle:
+                with atomic_write(path, "wb") as handle:
                     np.savez(handle, stamp=stamp, keys=keys, raw_labels=raw, layout=np.array(layout))
-                os.replace(tmp, path)
                 logger.info("cached %d labels in %s", len(keys), path)
                 return
-            except OSError as exc:
-                tmp.unlink(missing_ok=True)
+            except OSError as exc:  # read-only mount, full disk, no permission: try the next location
                 logger.info("cannot write label cache %s (%s); trying the next location", path, exc)
         logger.warning("no writable location for the label cache; labels will be re-read next time")
 
@@ -207,6 +214,7 @@ class _FaceDataset(Dataset):
         self.replace_on_error, self.max_bad_fraction = replace_on_error, max_bad_fraction
         self.skipped: list[tuple[str, str]] = []
         self._bad: set[int] = set()
+        self._reported: list[str] = []  # skips of the item being loaded, returned with it
         self._members: tuple[np.ndarray, np.ndarray] | None = None
 
     def _read(self, index: int) -> bytes | np.ndarray:
@@ -260,10 +268,13 @@ class _FaceDataset(Dataset):
             return
         self._bad.add(index)
         self.skipped.append((self.describe(index), str(exc)))
+        self._reported.append(str(exc))
         logger.warning("skipping unreadable item %s (%s)", self.describe(index), exc)
-        if len(self._bad) > self.max_bad_fraction * len(self):
-            raise DataError(f"{len(self._bad)} of {len(self)} items are unreadable (more than max_bad_fraction="
-                            f"{self.max_bad_fraction}); aborting. Last: {self.describe(index)}: {exc}") from exc
+        allowed = allowed_bad_images(len(self), self.max_bad_fraction)
+        if len(self._bad) > allowed:
+            raise DataError(f"{len(self._bad)} of {len(self)} training images are unreadable, more than the "
+                            f"{allowed} allowed (max(1, max_bad_fraction {self.max_bad_fraction:g} x {len(self)})); "
+                            f"aborting. Last: {exc}. Fix or remove the files, or raise --max_bad_fraction") from None
 
     def _load_or_replace(self, index: int) -> np.ndarray:
         try:
@@ -284,17 +295,16 @@ class _FaceDataset(Dataset):
         raise DataError(f"{self.describe(index)}: unreadable, and so is every other image of identity "
                         f"{self.class_names[self.labels[index]]!r}")
 
-    def __getitem__(self, index: int) -> tuple[Any, int, Any]:
+    def __getitem__(self, index: int) -> TrainSample:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+        self._reported = []
         image = self._load_or_replace(index)
-        label = int(self.labels[index])
+        label, skipped = int(self.labels[index]), tuple(self._reported)
         if self.transform is None:
-            return image, label, np.ones(image.shape[:2], np.float32)
-        result = self.transform(image)
-        if isinstance(result, tuple) and len(result) == 2:
-            return result[0], label, result[1]
-        return result, label, np.ones(image.shape[:2], np.float32)
+            return TrainSample(image, label, np.ones(image.shape[:2], np.float32), skipped)
+        tensor, visibility = self.transform(image)
+        return TrainSample(tensor, label, visibility, skipped)
 
 
 class RecordDataset(_FaceDataset):

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from oaml.constants import FACE_SIZE, VAL_SET_NAMES, ChannelOrder
+from oaml.data.batches import PairSample
 from oaml.data.datasets import decode_image
 from oaml.data.masks import seeded_mask
 from oaml.data.safe_pickle import safe_load
@@ -221,10 +222,7 @@ class FiveValidationDataset(Dataset):
         for name in names:
             try:
                 images, issame, _ = load_memfile(self.memfile_dir, name)
-            except FileNotFoundError:
-                logger.warning("verification set %s not found in %s (no %s.json: convert its .bin with "
-                               "convert_bin or OAMLDataModule.prepare_data); skipping it", name,
-                               self.memfile_dir, name)
+            except FileNotFoundError:  # the user simply does not have this set
                 self.missing.append(name)
                 continue
             self.names.append(name)
@@ -233,6 +231,9 @@ class FiveValidationDataset(Dataset):
             issame_parts.append(issame)
             total += len(images)
             del images
+        if self.missing and self.names:
+            logger.info("verification sets in %s: %s; absent: %s", self.memfile_dir, ", ".join(self.names),
+                        ", ".join(self.missing))
         self.issame = np.concatenate(issame_parts) if issame_parts else np.zeros(0, bool)
         self._length = total
         self._set_of_image = np.repeat(np.arange(len(self.names)), [2 * self.pair_counts[n] for n in self.names])
@@ -258,7 +259,7 @@ class FiveValidationDataset(Dataset):
         state["_arrays"] = None  # memmaps re-open in each worker instead of being pickled as copies
         return state
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, bool, int, int]:
+    def __getitem__(self, index: int) -> PairSample:
         if not 0 <= index < self._length:
             raise IndexError(f"index {index} out of range for {self._length} verification images")
         set_index = int(self._set_of_image[index])
@@ -273,4 +274,4 @@ class FiveValidationDataset(Dataset):
         tensor = (self.transform(np.ascontiguousarray(bgr)) if self.transform is not None
                   else image_to_tensor(bgr, self.channel_order))
         issame = bool(self.issame[index // 2])  # every set has an even offset, so pairs never straddle sets
-        return tensor, issame, set_index, index
+        return PairSample(tensor, issame, set_index, index)

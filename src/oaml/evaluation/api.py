@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from oaml.constants import NORM_MEAN, NORM_STD, ChannelOrder
+from oaml.devices import resolve_device
 from oaml.errors import DataError
 from oaml.evaluation.eval_data import EvalImages
 from oaml.evaluation.loading import LoadedModel, ModelInfo, load_face_modules
@@ -85,7 +86,7 @@ class FaceRecognizer:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.info: ModelInfo = loaded.info
-        self.device = torch.device(device)
+        self.device = resolve_device(device, "device")
         self.batch_size = batch_size
         self.resize = resize
         self.backbone = loaded.backbone.to(self.device).eval()
@@ -294,5 +295,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu",
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         CheckpointError: If the file cannot be loaded safely and strictly.
+        ConfigError: If ``device`` is unknown or absent on this machine.
     """
+    resolve_device(device, "device")  # before reading a large checkpoint
     return FaceRecognizer(load_face_modules(path, arch=arch), device=device, batch_size=batch_size, resize=resize)

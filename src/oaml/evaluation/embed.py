@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from oaml.data.masks import seeded_mask
 from oaml.evaluation.api import BatchFeatures, FaceRecognizer
-from oaml.evaluation.eval_data import EvalImages, check_image_sizes, list_images
+from oaml.evaluation.eval_data import EvalImages, check_image_sizes, find_bad_images, list_images
 from oaml.errors import DataError
 from oaml.fileio import atomic_write
 
@@ -111,16 +111,42 @@ class EmbedSummary:
         embeddings: Path of ``embeddings.npy``.
         index: Path of ``index.csv``.
         features: Path of ``features.npz``, or None.
+        skipped: ``"<image>: <reason>"`` of the unreadable images left out (``skip_bad``).
+        skipped_list: Path of ``skipped.txt`` listing them, or None when nothing was skipped.
     """
 
     num_images: int
     embeddings: Path
     index: Path
     features: Path | None
+    skipped: tuple[str, ...] = ()
+    skipped_list: Path | None = None
+
+
+def _usable_images(recognizer: FaceRecognizer, root: Path, skip_bad: bool
+                   ) -> tuple[list[Path], EvalImages, tuple[str, ...]]:
+    """The image files under ``root``, as :class:`EvalImages`, without the unreadable ones when ``skip_bad``."""
+    files = list_images(root)
+    if not files:
+        raise DataError(f"{root}: no images found (extensions .jpg, .jpeg, .png, .bmp, .pgm at any depth)")
+
+    def reader(paths: list[Path]) -> EvalImages:
+        return EvalImages(names=[str(p) for p in paths], paths=[str(p) for p in paths],
+                          size=recognizer.info.input_size, resize=recognizer.resize)
+
+    bad = find_bad_images(reader(files)) if skip_bad else {}
+    if not bad:
+        return files, reader(files), ()
+    kept = [p for k, p in enumerate(files) if k not in bad]
+    if not kept:
+        raise DataError(f"{root}: all {len(bad)} images are unreadable")
+    logger.warning("skipped %d unreadable image(s) of %s (listed in skipped.txt)", len(bad), root)
+    return kept, reader(kept), tuple(f"{files[k]}: {why}" for k, why in sorted(bad.items()))
 
 
 def embed_folder(recognizer: FaceRecognizer, data_path: str | os.PathLike[str], output_dir: str | os.PathLike[str],
-                 *, save_maps: bool = False, num_workers: int = 0, progress: bool = True) -> EmbedSummary:
+                 *, save_maps: bool = False, num_workers: int = 0, progress: bool = True,
+                 skip_bad: bool = False) -> EmbedSummary:
     """Embed every aligned face under ``data_path`` (any depth) and write the files of the module docstring.
 
     Args:
@@ -130,6 +156,7 @@ def embed_folder(recognizer: FaceRecognizer, data_path: str | os.PathLike[str], 
         save_maps: Also write ``features.npz``.
         num_workers: DataLoader workers.
         progress: Show a tqdm bar on stderr.
+        skip_bad: Leave out unreadable images (listed in ``skipped.txt``) instead of stopping at the first one.
 
     Returns:
         An :class:`EmbedSummary`.
@@ -139,11 +166,7 @@ def embed_folder(recognizer: FaceRecognizer, data_path: str | os.PathLike[str], 
         DataError: If it holds no images, or an image is unreadable or has the wrong size.
     """
     root = Path(data_path)
-    files = list_images(root)
-    if not files:
-        raise DataError(f"{root}: no images found (extensions .jpg, .jpeg, .png, .bmp, .pgm at any depth)")
-    images = EvalImages(names=[str(p) for p in files], paths=[str(p) for p in files],
-                        size=recognizer.info.input_size, resize=recognizer.resize)
+    files, images, skipped = _usable_images(recognizer, root, skip_bad)
     check_image_sizes(images)
     feats = extract_features(recognizer, images, with_maps=save_maps, num_workers=num_workers, progress=progress,
                              desc="embed")
@@ -166,5 +189,10 @@ def embed_folder(recognizer: FaceRecognizer, data_path: str | os.PathLike[str], 
             arrays["occlusion"] = feats.occlusion.numpy().astype(np.float16)
         with atomic_write(features_path, "wb") as handle:
             np.savez(handle, **arrays)
+    skipped_path = None
+    if skipped:
+        skipped_path = out / "skipped.txt"
+        with atomic_write(skipped_path, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(skipped) + "\n")
     logger.info("embedded %d images from %s into %s", len(files), root, out)
-    return EmbedSummary(len(files), emb_path, index_path, features_path)
+    return EmbedSummary(len(files), emb_path, index_path, features_path, skipped, skipped_path)

@@ -14,6 +14,7 @@ file headers before any model work, so a wrong folder fails at once with the fil
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -28,8 +29,8 @@ from oaml.data.pairs import Pair, parse_pairs, resolve_pairs
 from oaml.data.validation import load_bin
 from oaml.errors import DataError
 
-__all__ = ["EvalImages", "EvalSet", "bin_set", "check_image_sizes", "decode_face", "folder_set", "list_images",
-           "load_eval_set", "pairs_set"]
+__all__ = ["EvalImages", "EvalSet", "bin_set", "check_image_sizes", "decode_face", "find_bad_images", "folder_set",
+           "list_images", "load_eval_set", "pairs_set"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,9 @@ class EvalSet:
         issame: Ground truth of each listed pair.
         labels: Identity index per image (all-pairs mode).
         missing_images: Images named by the pairs file but absent (relative paths without extension).
-        skipped_pairs: Listed pairs dropped because an image is missing.
+        skipped_pairs: Listed pairs dropped because an image is missing or unreadable.
         pairs_path: The pairs file, if any.
+        bad_images: ``"<image>: <reason>"`` of the unreadable images left out (``--skip-bad``).
     """
 
     images: EvalImages
@@ -115,6 +117,7 @@ class EvalSet:
     missing_images: list[str] = field(default_factory=list)
     skipped_pairs: int = 0
     pairs_path: str | None = None
+    bad_images: list[str] = field(default_factory=list)
 
     @property
     def num_identities(self) -> int:
@@ -128,6 +131,48 @@ class EvalSet:
             return int(self.pair_i.shape[0])
         n = len(self.images)
         return n * (n - 1) // 2
+
+
+    def without(self, bad: dict[int, str]) -> EvalSet:
+        """A copy without the images ``bad`` (index -> reason) and without every listed pair that uses one.
+
+        Raises:
+            DataError: If no image or no pair is left.
+        """
+        keep = np.array([k for k in range(len(self.images)) if k not in bad], np.int64)
+        if keep.size < 2:
+            raise DataError(f"{self.source}: {len(bad)} of {len(self.images)} images are unreadable; fewer than 2 left")
+        position = np.full(len(self.images), -1, np.int64)
+        position[keep] = np.arange(keep.size)
+        images = EvalImages(names=[self.images.names[k] for k in keep],
+                            paths=None if self.images.paths is None else [self.images.paths[k] for k in keep],
+                            blobs=None if self.images.blobs is None else [self.images.blobs[k] for k in keep],
+                            size=self.images.size, resize=self.images.resize)
+        pairs: dict[str, np.ndarray | None] = {"pair_i": None, "pair_j": None, "issame": self.issame}
+        dropped = 0
+        if self.pair_i is not None and self.pair_j is not None:
+            ok = (position[self.pair_i] >= 0) & (position[self.pair_j] >= 0)
+            dropped = int(np.count_nonzero(~ok))
+            pairs = {"pair_i": position[self.pair_i[ok]], "pair_j": position[self.pair_j[ok]],
+                     "issame": None if self.issame is None else self.issame[ok]}
+            if not ok.any():
+                raise DataError(f"{self.source}: every pair uses one of the {len(bad)} unreadable images")
+        return dataclasses.replace(
+            self, images=images, identities=[self.identities[k] for k in keep],
+            labels=None if self.labels is None else self.labels[keep], skipped_pairs=self.skipped_pairs + dropped,
+            bad_images=[*self.bad_images, *(f"{self.images.names[k]}: {why}" for k, why in sorted(bad.items()))],
+            **pairs)
+
+
+def find_bad_images(images: EvalImages) -> dict[int, str]:
+    """Decode every image once; index -> reason for those that cannot be used (unreadable, corrupt, wrong size)."""
+    bad: dict[int, str] = {}
+    for k in range(len(images)):
+        try:
+            images.read(k)
+        except DataError as exc:
+            bad[k] = str(exc).removeprefix(f"{images.names[k]}: ")
+    return bad
 
 
 def list_images(root: str | os.PathLike[str]) -> list[Path]:
@@ -259,10 +304,11 @@ def bin_set(path: str | os.PathLike[str], size: int = FACE_SIZE, resize: bool = 
 
 
 def load_eval_set(data_path: str | os.PathLike[str], pairs_path: str | os.PathLike[str] | None = None,
-                  size: int = FACE_SIZE, resize: bool = False) -> EvalSet:
+                  size: int = FACE_SIZE, resize: bool = False, skip_bad: bool = False) -> EvalSet:
     """Dispatch on the input: a ``.bin`` file, a folder with a pairs file, or a folder (all pairs).
 
-    The image sizes are checked up front (see :func:`check_image_sizes`).
+    The image sizes are checked up front (see :func:`check_image_sizes`). With ``skip_bad`` every image is decoded
+    first, and those that cannot be used are left out with their pairs and listed in :attr:`EvalSet.bad_images`.
 
     Raises:
         FileNotFoundError: If a path does not exist.
@@ -277,5 +323,12 @@ def load_eval_set(data_path: str | os.PathLike[str], pairs_path: str | os.PathLi
         data = pairs_set(data_path, pairs_path, size, resize)
     else:
         data = folder_set(data_path, size, resize)
+    if skip_bad:
+        bad = find_bad_images(data.images)
+        if bad:
+            listed = "; ".join(f"{data.images.names[k]}: {why}" for k, why in list(bad.items())[:_SHOW])
+            logger.warning("skipping %d unreadable image(s) of %s and the pairs that use them: %s%s", len(bad),
+                           data.source, listed, " ..." if len(bad) > _SHOW else "")
+            data = data.without(bad)
     check_image_sizes(data.images)
     return data

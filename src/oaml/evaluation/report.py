@@ -11,8 +11,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from oaml.evaluation.verification import DEFAULT_FARS, KFoldResult, Omitted, RocResult, TarPoint, tar_at_far
+from oaml.fileio import atomic_write
 
 __all__ = ["console_table", "markdown_report", "new_figure", "plot_roc", "plot_score_histogram", "save_figure",
            "to_jsonable", "write_json"]
@@ -220,7 +219,7 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON atomically: a temporary file in the same folder, fsync, ``os.replace``.
+    """Write ``obj`` as indented JSON atomically (:func:`oaml.fileio.atomic_write`: the usual permissions, fsync).
 
     A reader never sees a half-written file, and a crash leaves the previous version intact.
 
@@ -232,16 +231,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
     """
     path = Path(path)
     text = json.dumps(to_jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
     logger.info("wrote %s", path)
     return path

@@ -35,10 +35,11 @@ from oaml.errors import DataError
 from oaml.evaluation.api import BatchFeatures, FaceRecognizer, load_model
 from oaml.evaluation.embed import extract_features
 from oaml.evaluation.eval_data import EvalSet, load_eval_set
+from oaml.evaluation.options import EvalOptions
 from oaml.evaluation.pair_scores import (FUSION_NOTE, cosine_paired, cosine_upper, fuse_label_free,
                                          qaconv_paired_scores, qaconv_upper)
 from oaml.evaluation.standalone_report import build_results, console_rows, method_rocs, write_plots, write_report
-from oaml.evaluation.verification import (DEFAULT_FARS, KFoldResult, Omitted, combined_ten_fold_accuracy,
+from oaml.evaluation.verification import (KFoldResult, Omitted, combined_ten_fold_accuracy,
                                           embedding_distances, genuine_impostor_pairs, ten_fold_accuracy)
 
 __all__ = ["EvalOptions", "EvalOutcome", "ProtocolScores", "evaluate", "score_protocol"]
@@ -46,51 +47,6 @@ __all__ = ["EvalOptions", "EvalOutcome", "ProtocolScores", "evaluate", "score_pr
 logger = logging.getLogger(__name__)
 
 _MIN_FOLD_PAIRS = 10
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """Settings of one evaluation (the CLI flags of ``oaml eval``).
-
-    Attributes:
-        batch_size: Images per forward pass.
-        adaface_weight: Weight of the standardised AdaFace score in ``combined``.
-        qaconv_weight: Weight of the standardised QAConv score in ``combined``.
-        resize: Resize faces that are not aligned 112x112 crops instead of refusing them.
-        mask_probes: Also run the masked-vs-clean protocol.
-        mask_seed: Seed of the synthetic masks (with the image index).
-        arch: Backbone override; None reads the checkpoint.
-        device: Torch device.
-        num_workers: DataLoader workers for decoding (and masking).
-        progress: tqdm bars on stderr.
-        fars: FAR operating points.
-        qaconv_block_rows: Probe rows per all-pairs QAConv block.
-        max_pairs: Refuse an all-pairs folder with more pairs than this (use a pairs file instead).
-        plots: Write ``roc.png`` and the score histograms (matplotlib is the slowest part on small sets).
-    """
-
-    batch_size: int = 64
-    adaface_weight: float = 0.5
-    qaconv_weight: float = 0.5
-    resize: bool = False
-    mask_probes: bool = False
-    mask_seed: int = 0
-    arch: str | None = None
-    device: str = "cpu"
-    num_workers: int = 0
-    progress: bool = True
-    fars: tuple[float, ...] = DEFAULT_FARS
-    qaconv_block_rows: int = 128
-    max_pairs: int = 50_000_000
-    plots: bool = True
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.num_workers < 0 or self.qaconv_block_rows < 1:
-            raise ValueError(f"batch_size and qaconv_block_rows must be >= 1 and num_workers >= 0, got "
-                             f"{self.batch_size}, {self.qaconv_block_rows}, {self.num_workers}")
-        if min(self.adaface_weight, self.qaconv_weight) < 0 or self.adaface_weight + self.qaconv_weight == 0:
-            raise ValueError(f"weights must be >= 0 and not both 0, got adaface {self.adaface_weight}, "
-                             f"qaconv {self.qaconv_weight}")
 
 
 @dataclass
@@ -250,7 +206,7 @@ def evaluate(model_path: str | os.PathLike[str], data_path: str | os.PathLike[st
     start, started_at = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc)
     recognizer = load_model(model_path, options.device, arch=options.arch, batch_size=options.batch_size,
                             resize=options.resize)
-    data = load_eval_set(data_path, pairs_path, recognizer.info.input_size, options.resize)
+    data = load_eval_set(data_path, pairs_path, recognizer.info.input_size, options.resize, options.skip_bad)
     rows_i, rows_j, issame = _pairs(data, options.max_pairs)
     _check_counts(issame, data)
     logger.info("evaluating %d images, %d pairs (%s)", len(data.images), issame.shape[0], data.mode)

@@ -74,7 +74,7 @@ def _data_facts(data: EvalSet, issame: np.ndarray) -> dict[str, Any]:
             "n_identities": data.num_identities if data.mode != "bin" else None, "n_pairs": int(issame.shape[0]),
             "n_genuine": genuine,
             "n_impostor": int(issame.shape[0]) - genuine, "pairs_skipped": data.skipped_pairs,
-            "missing_images": list(data.missing_images)}
+            "missing_images": list(data.missing_images), "bad_images": list(data.bad_images)}
 
 
 def build_results(recognizer: FaceRecognizer, data: EvalSet, protocols: Mapping[str, ProtocolScores],
@@ -142,7 +142,7 @@ def _provenance_lines(results: Mapping[str, Any]) -> dict[str, Any]:
         "images": data["n_images"],
         "identities": data["n_identities"] if data["n_identities"] is not None else "unknown (.bin input)",
         "pairs": f"{data['n_pairs']} ({data['n_genuine']} genuine, {data['n_impostor']} impostor)",
-        "pairs skipped (missing images)": data["pairs_skipped"],
+        "pairs skipped (missing or unreadable images)": data["pairs_skipped"],
         "oaml version": results["oaml_version"], "date": results["date"],
         "device": results["provenance"]["device"], "wall time (s)": f"{results['timings']['wall_time_s']:.1f}",
     }
@@ -161,6 +161,10 @@ def _notes(results: Mapping[str, Any]) -> list[str]:
                                                       if len(missing) > _SHOW_MISSING else "")
         notes.append(f"- {results['data']['pairs_skipped']} pairs skipped because {len(missing)} images are absent: "
                      f"{shown}.")
+    bad = results["data"]["bad_images"]
+    if bad:
+        shown = "; ".join(bad[:_SHOW_MISSING]) + (f" ... ({len(bad)} in all)" if len(bad) > _SHOW_MISSING else "")
+        notes.append(f"- {len(bad)} unreadable images left out (--skip-bad), with their pairs: {shown}.")
     if not results["methods_unavailable"]:
         weights = results["fusion"]["weights"]
         notes.append(f"- Fusion (weights adaface {weights['adaface']}, qaconv {weights['qaconv']}): "

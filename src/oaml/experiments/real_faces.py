@@ -105,7 +105,8 @@ class StudyOptions:
         lr: Peak SGD learning rate (warm-up over the first 5% of the epochs, x0.1 at 5/8 and 7/8 of them).
         mask_seed: Seed of the deterministic masks on the held-out probes.
         jobs: Runs trained side by side.
-        output_dir: Where ``results.md``, ``results.json`` and ``figures/`` go.
+        output_dir: Where ``results.md``, ``results.json`` and ``figures/`` go: the work folder by default;
+            ``--output-dir docs`` regenerates the repository's ``docs/results.md``.
         work_dir: Where the runs go.
     """
 
@@ -121,7 +122,7 @@ class StudyOptions:
     lr: float = 0.1
     mask_seed: int = 0
     jobs: int = 2
-    output_dir: str = "docs"
+    output_dir: str = "experiments/study"
     work_dir: str = "experiments/study"
 
     def __post_init__(self) -> None:
@@ -441,7 +442,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     parser.add_argument("--mask-seed", type=int, default=d.mask_seed, help="seed of the held-out probe masks")
     parser.add_argument("--jobs", type=int, default=d.jobs, help="runs trained side by side")
-    parser.add_argument("--output-dir", default=d.output_dir, help="where results.md/.json and figures/ go")
+    parser.add_argument("--output-dir", default=d.output_dir, help="where results.md/.json and figures/ go (docs "
+                        "regenerates the repository's docs/results.md)")
     parser.add_argument("--work-dir", default=d.work_dir, help="where the runs go")
 
 

@@ -11,6 +11,12 @@ channel order, mean/std, outputs, source checksum) in ``metadata_props``; TorchS
 ``oaml.json``. The ONNX file is written by the TorchScript-based exporter (``dynamo=False``): the
 torch.export-based one needs ``onnxscript``, which is not a dependency.
 
+**Flip fusion is not in the graph.** ``oaml embed`` and ``FaceRecognizer.embed`` fuse every face with its mirror
+image (SPEC §9); the graph returns the embedding of the one view it is given. To get the same embedding outside
+oaml, run the graph on ``x`` and on ``x[..., ::-1]`` (the width axis mirrored) and compute
+``embedding = normalise(n1 * e1 + n2 * e2)`` and ``norm = (n1 + n2) / 2`` (:data:`FLIP_FUSION_RECIPE`, also in the
+metadata as ``embedding_recipe``); this matches ``FaceRecognizer.embed`` to 1e-5.
+
 QAConv matching is a pairwise operation and is not part of the graph. Its parameters go into
 ``FILE.qaconv.npz`` and ``FILE.qaconv.json`` (the same values), and :func:`qaconv_numpy_match` reproduces
 ``QAConv.eval()`` all-pairs matching from the exported feature and visibility maps with numpy alone.
@@ -45,6 +51,7 @@ from oaml.fileio import atomic_write, atomic_write_bytes
 
 __all__ = [
     "EXPORT_OUTPUTS",
+    "FLIP_FUSION_RECIPE",
     "ExportResult",
     "ParityCase",
     "export_model",
@@ -57,6 +64,12 @@ logger = logging.getLogger(__name__)
 
 EXPORT_OUTPUTS: tuple[str, ...] = ("embedding", "norm", "feature_map", "occlusion")
 """Output names of the exported graph, in order (``occlusion`` only with an occlusion head)."""
+
+FLIP_FUSION_RECIPE = ("the embedding output is that of the single input view; oaml's embeddings (oaml embed, "
+                      "FaceRecognizer.embed) fuse each face with its mirror: run the graph on x and on x[..., ::-1] "
+                      "(width axis mirrored), then embedding = (n1 * e1 + n2 * e2) / ||n1 * e1 + n2 * e2|| and "
+                      "norm = (n1 + n2) / 2, with (e1, n1) and (e2, n2) the embedding and norm outputs of the views")
+"""How to reproduce oaml's flip-fused embedding from the exported graph (metadata ``embedding_recipe``)."""
 
 ONNX_HINT = 'ONNX export needs the "onnx" extra: pip install onnx onnxruntime  (or: pip install "oaml[onnx]")'
 _OPSET = 17
@@ -214,7 +227,8 @@ def _metadata(info: Any, outputs: tuple[str, ...], qaconv_files: tuple[Path, Pat
             "mean": json.dumps([NORM_MEAN] * 3), "std": json.dumps([NORM_STD] * 3),
             "input_convention": f"float32 (x / 255 - {NORM_MEAN}) / {NORM_STD}, channels in "
                                 f"{info.channel_order.value.upper()} order, aligned {size}x{size} faces",
-            "outputs": ",".join(outputs), "occlusion_method": str(info.occlusion_method),
+            "outputs": ",".join(outputs), "embedding_recipe": FLIP_FUSION_RECIPE,
+            "occlusion_method": str(info.occlusion_method),
             "qaconv_params": qaconv_files[0].name if qaconv_files else "",
             "source_checkpoint": Path(info.path).name, "source_sha256": str(info.sha256)}
 

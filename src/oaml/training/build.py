@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.fabric.loggers.csv_logs import _ExperimentWriter
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -18,10 +19,13 @@ from oaml import __version__
 from oaml.config import OamlConfig, data_paths
 from oaml.constants import VAL_SET_NAMES
 from oaml.data.datamodule import OAMLDataModule
+from oaml.devices import check_gpu_count
+from oaml.fileio import is_writable_dir
 from oaml.losses import CombinedLoss
 from oaml.models import ClassMemory, build_face_model, build_head
 from oaml.training.callbacks import BatchPreview, SignalCheckpoint, SkippedImagesSummary
 from oaml.training.checkpoint_io import AtomicCheckpointIO
+from oaml.training.monitor import LossCurves, OamlProgressBar, ThroughputMonitor
 from oaml.training.system import OamlSystem, OptimSettings
 
 __all__ = ["build_datamodule", "build_loss", "build_system", "build_trainer", "val_check_interval"]
@@ -31,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 def _memfile_dir(val_path: Path) -> Path:
     """Converted verification sets go next to the .bin files, or to a cache folder if that is read-only."""
-    if os.access(val_path, os.W_OK):
+    if is_writable_dir(val_path):
         return val_path / "memfiles"
     digest = hashlib.sha256(str(val_path.resolve()).encode()).hexdigest()[:16]
     return Path(os.environ.get("OAML_CACHE", Path.home() / ".cache" / "oaml")) / "memfiles" / digest
@@ -46,8 +50,6 @@ def build_datamodule(config: OamlConfig) -> OAMLDataModule:
         subset = Path(config.data.subset_index) if config.data.subset_index else \
             train_path / "ms1mv2_train_subset_index.txt"
     has_val = val_path.is_dir()
-    if not has_val:
-        logger.warning("validation folder %s not found: training runs without validation", val_path)
     augment = config.augment
     return OAMLDataModule(
         None if config.system.evaluate else train_path, val_path if has_val else None,
@@ -97,11 +99,36 @@ def val_check_interval(epochs: int) -> float:
     return 1.0 if epochs > 4 else 0.1
 
 
+class _AppendingWriter(_ExperimentWriter):
+    """Lightning's CSV writer, except that it continues an existing ``metrics.csv`` instead of deleting it."""
+
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="", encoding="utf-8") as handle:
+                self.metrics_keys = sorted(next(csv.reader(handle), []))
+
+
+class RunCSVLogger(CSVLogger):
+    """``metrics.csv`` directly in the run folder, appended to when a run is resumed there."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _ExperimentWriter:
+        if self._experiment is None:
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
 def _loggers(config: OamlConfig, experiment_dir: Path) -> list[Logger]:
-    # metrics.csv goes straight into the experiment folder, next to config.yaml; Lightning warns about any
-    # non-empty log folder, although it only replaces its own metrics file.
-    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
-    loggers: list[Logger] = [CSVLogger(experiment_dir, name="", version="")]
+    loggers: list[Logger] = [RunCSVLogger(experiment_dir, name="", version="")]
+    if config.system.tensorboard:
+        from lightning.fabric.loggers.tensorboard import _TENSORBOARD_AVAILABLE, _TENSORBOARDX_AVAILABLE
+
+        if not (_TENSORBOARD_AVAILABLE or _TENSORBOARDX_AVAILABLE):
+            raise ImportError('--tensorboard needs the tensorboard extra: pip install "oaml[tensorboard]"')
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(experiment_dir, name="", version="tensorboard", default_hp_metric=False))
     if config.system.wandb:
         try:
             from lightning.pytorch.loggers import WandbLogger
@@ -124,31 +151,45 @@ def _strategy(config: OamlConfig, loss: CombinedLoss) -> str | DDPStrategy:
     return DDPStrategy(find_unused_parameters=unused)
 
 
+def _checkpoints(checkpoint_dir: Path, monitor_validation: bool) -> list[ModelCheckpoint]:
+    """``last.ckpt`` at the end of every training epoch (whether or not validation runs), and ``best.ckpt`` at the
+    validations that improve ``val_acc``."""
+    last = ModelCheckpoint(checkpoint_dir, filename="last", save_top_k=1, save_on_train_epoch_end=True,
+                           enable_version_counter=False)
+    if not monitor_validation:
+        return [last]
+    best = ModelCheckpoint(checkpoint_dir, filename="best", monitor="val_acc", mode="max", save_top_k=1,
+                           save_on_train_epoch_end=False, enable_version_counter=False)
+    return [best, last]
+
+
 def build_trainer(config: OamlConfig, experiment_dir: Path, monitor_validation: bool,
                   max_epochs: int | None = None) -> pl.Trainer:
-    """A Lightning Trainer: devices, DDP, precision, checkpoints (best + last), CSV/W&B logs, signals."""
+    """A Lightning Trainer: devices, DDP, precision, checkpoints (best + last), CSV/TensorBoard/W&B logs,
+    monitoring and signals.
+
+    Raises:
+        ConfigError: if ``--gpus`` asks for more GPUs than this machine has.
+        ImportError: naming the extra of a requested logger that is not installed.
+    """
+    check_gpu_count(config.system.gpus)
     gpu = config.system.gpus > 0
-    if gpu and not torch.cuda.is_available():
-        raise RuntimeError(f"--gpus {config.system.gpus} was given but CUDA is not available; use --gpus 0")
     precision = ("16-mixed" if gpu else "bf16-mixed") if config.system.use_16bit else "32-true"
     checkpoint_dir = experiment_dir / "checkpoints"
-    if monitor_validation:
-        checkpoint = ModelCheckpoint(checkpoint_dir, filename="best", monitor="val_acc", mode="max", save_last=True,
-                                     enable_version_counter=False)
-    else:
-        checkpoint = ModelCheckpoint(checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False)
     epochs = max_epochs or config.train.epochs
+    log_every = config.train.log_every_n_steps
+    callbacks = [*_checkpoints(checkpoint_dir, monitor_validation), LearningRateMonitor("step"),
+                 ThroughputMonitor(log_every), OamlProgressBar(refresh_rate=10), LossCurves(experiment_dir),
+                 SignalCheckpoint(checkpoint_dir), SkippedImagesSummary(config.data.max_bad_fraction),
+                 BatchPreview(experiment_dir / "preview.png", config.channel_order)]
     return pl.Trainer(
         accelerator="gpu" if gpu else "cpu", devices=config.system.devices, num_nodes=config.system.num_nodes,
         strategy=_strategy(config, build_loss(config)), precision=precision, max_epochs=epochs,
-        callbacks=[checkpoint, LearningRateMonitor("step"), TQDMProgressBar(refresh_rate=10),
-                   SignalCheckpoint(checkpoint_dir), SkippedImagesSummary(),
-                   BatchPreview(experiment_dir / "preview.png", config.channel_order)],
-        logger=_loggers(config, experiment_dir), default_root_dir=experiment_dir,
+        callbacks=callbacks, logger=_loggers(config, experiment_dir), default_root_dir=experiment_dir,
         val_check_interval=val_check_interval(epochs), check_val_every_n_epoch=config.eval.val_every_n_epochs,
         num_sanity_val_steps=0,
         accumulate_grad_batches=config.train.accumulate_grad_batches,
         gradient_clip_val=config.train.gradient_clip_val or None, use_distributed_sampler=False,
         fast_dev_run=config.system.fast_dev_run, limit_train_batches=config.train.limit_train_batches,
-        deterministic=config.system.deterministic or None, log_every_n_steps=min(config.train.log_every_n_steps, 50),
+        deterministic=config.system.deterministic or None, log_every_n_steps=min(log_every, 50),
         plugins=[AtomicCheckpointIO()], enable_model_summary=False)

@@ -15,7 +15,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from oaml.constants import ChannelOrder
+from oaml.data.datasets import allowed_bad_images
 from oaml.data.preview import save_preview
+from oaml.errors import DataError
 
 __all__ = ["BatchPreview", "SignalCheckpoint", "SkippedImagesSummary"]
 
@@ -37,7 +39,7 @@ class SignalCheckpoint(Callback):
     def __init__(self, checkpoint_dir: str | Path) -> None:
         self.path = Path(checkpoint_dir) / "last.ckpt"
         self.requested: int | None = None
-        self.interrupted = False
+        self.stopped_by: str | None = None  # "SIGINT" or "SIGTERM" once the resumable checkpoint is saved
         self._previous: Any = None
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
@@ -51,12 +53,12 @@ class SignalCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.requested is not None and not self.interrupted:
-            self._save(trainer, f"signal {self.requested}")
+        if self.requested is not None and self.stopped_by is None:
+            self._save(trainer, signal.Signals(self.requested).name)
             trainer.should_stop = True
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and not self.interrupted:
+        if isinstance(exception, SIGTERMException) and self.stopped_by is None:
             self._save(trainer, "SIGTERM")
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -65,8 +67,10 @@ class SignalCheckpoint(Callback):
             self._previous = None
 
     def _save(self, trainer: pl.Trainer, reason: str) -> None:
-        trainer.save_checkpoint(self.path)
-        self.interrupted = True
+        # weights_only=False: the full training state (optimizer, loops), said explicitly so that Lightning does not
+        # log that it "defaults to weights_only=False", which reads like unsafe loading.
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self.stopped_by = reason
         logger.warning("%s: saved a resumable checkpoint to %s (resume with --resume_from_checkpoint %s)",
                        reason, self.path, self.path)
 
@@ -90,36 +94,52 @@ class BatchPreview(Callback):
                              batch_idx: int) -> None:
         if self.saved or not trainer.is_global_zero:
             return
-        images, _, visibility = batch
-        save_preview(images.detach().float().cpu(), visibility.detach().float().cpu(), self.path, self.channel_order)
+        save_preview(batch.images.detach().float().cpu(), batch.visibility.detach().float().cpu(), self.path,
+                     self.channel_order)
         self.saved = True
         logger.info("preview of the first training batch: %s", self.path)
 
 
 class SkippedImagesSummary(Callback):
-    """Log at the end of each training epoch how many unreadable training images were skipped, and which.
+    """Count the unreadable training images that were skipped, in every DataLoader worker; summarise and abort.
 
     The training datasets skip an undecodable image, log it and return another image of the same identity
-    (``replace_on_error``), and abort past ``max_bad_fraction``; this callback adds the per-epoch summary. Each
-    DataLoader worker keeps its own list, so with ``num_workers > 0`` the summary covers the images loaded in
-    this process only (the workers still log every skipped image as it happens).
+    (``replace_on_error``); each sample reports its skips in the batch (:attr:`TrainBatch.skipped`), so this
+    callback, in the main process, sees the skips of all workers. It logs a per-epoch summary and raises
+    :class:`~oaml.errors.DataError` once more distinct images than :func:`~oaml.data.datasets.allowed_bad_images`
+    are unreadable (each worker also stops on its own share).
 
     Args:
+        max_bad_fraction: the configured tolerance (``--max_bad_fraction``).
         max_listed: at most this many image keys/paths are listed per summary.
     """
 
-    def __init__(self, max_listed: int = 20) -> None:
+    def __init__(self, max_bad_fraction: float = 0.001, max_listed: int = 20) -> None:
+        self.max_bad_fraction = max_bad_fraction
         self.max_listed = max_listed
+        self.skipped: dict[str, None] = {}  # insertion-ordered set of "<where>: <reason>"
         self.reported = 0
 
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not batch.skipped:
+            return
+        self.skipped.update(dict.fromkeys(batch.skipped))
+        total = len(getattr(trainer.datamodule, "train_dataset", None) or ())
+        allowed = allowed_bad_images(total, self.max_bad_fraction)
+        if len(self.skipped) > allowed:
+            raise DataError(f"{len(self.skipped)} of {total} training images are unreadable, more than the {allowed} "
+                            f"allowed (max(1, max_bad_fraction {self.max_bad_fraction:g} x {total})); aborting. "
+                            f"Last: {batch.skipped[-1]}. Fix or remove the files, or raise --max_bad_fraction")
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        dataset = getattr(getattr(trainer, "datamodule", None), "train_dataset", None)
-        skipped: list[tuple[str, str]] = list(getattr(dataset, "skipped", None) or [])
-        new = skipped[self.reported:]
+        entries = list(self.skipped)
+        new = entries[self.reported:]
         if not new:
             return
-        self.reported = len(skipped)
-        listed = ", ".join(where for where, _ in new[:self.max_listed]) + (" ..." if len(new) > self.max_listed else "")
+        self.reported = len(entries)
+        listed = "; ".join(new[:self.max_listed]) + (" ..." if len(new) > self.max_listed else "")
+        total = len(getattr(trainer.datamodule, "train_dataset", None) or ())
         logger.warning("epoch %d: %d unreadable training image(s) skipped and replaced by another image of the same "
-                       "identity (%d in total, of %d): %s", trainer.current_epoch, len(new), len(skipped),
-                       len(dataset), listed)  # type: ignore[arg-type]
+                       "identity (%d in total, of %d): %s", trainer.current_epoch, len(new), len(entries), total,
+                       listed)

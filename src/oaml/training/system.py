@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from oaml.data.batches import PairBatch, TrainBatch
 from oaml.errors import NonFiniteLossError
 from oaml.losses import CombinedLoss, nonfinite_components
 from oaml.models import ClassMemory, FaceModel, MarginHead, visibility_target
@@ -99,8 +100,8 @@ class OamlSystem(pl.LightningModule):
         if self.class_memory is not None:
             self.class_memory.rebuild_graph()
 
-    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor | None:
-        images, labels, visibility = batch
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor | None:
+        images, labels, visibility = batch.images, batch.labels, batch.visibility
         out = self.model(images)
         occlusion = out.occlusion if self.occlusion_aware else None
         if occlusion is not None and self.occlusion_detach:
@@ -169,10 +170,10 @@ class OamlSystem(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._pair_scores = {}
 
-    def validation_step(self, batch: Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        images, issame, set_index, global_index = batch
+    def validation_step(self, batch: PairBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         qaconv = self.model.qaconv if self.loss.uses_qaconv else None
-        scores = score_pairs(self.model, qaconv, images, issame, set_index, global_index, self.occlusion_aware)
+        scores = score_pairs(self.model, qaconv, batch.images, batch.issame, batch.set_index, batch.global_index,
+                             self.occlusion_aware)
         self._pair_scores.setdefault(dataloader_idx, []).append(scores)
 
     def on_validation_epoch_end(self) -> None:
@@ -181,7 +182,7 @@ class OamlSystem(pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._pair_scores = {}
 
-    def test_step(self, batch: Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(self, batch: PairBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
