@@ -7,7 +7,7 @@ eval mode, visibility-weighted QAConv.
 
 - **features**: :func:`oaml.evaluation.embed.extract_features` (decode, image + mirror forward, maps); shared by
   both columns, so it has no baseline;
-- **scoring**: :func:`oaml.evaluation.standalone.score_protocol` in all-pairs mode (AdaFace cosine of every pair,
+- **scoring**: :func:`oaml.evaluation.evaluate.score_protocol` in all-pairs mode (AdaFace cosine of every pair,
   flip-averaged QAConv of every pair in row blocks, label-free fusion) against the same protocol whose QAConv
   step is the naive published formulation: the full P x G x hw x hw similarity tensor (``einsum``), occlusion
   weights multiplied in place, two ``max`` reductions, then the upper triangle of the P x G scores. Both must
@@ -45,7 +45,7 @@ from oaml.evaluation.embed import extract_features
 from oaml.evaluation.eval_data import folder_set
 from oaml.evaluation.loading import LoadedModel, ModelInfo
 from oaml.evaluation.pair_scores import cosine_upper, fuse_label_free, qaconv_upper
-from oaml.evaluation.standalone import EvalOptions, ProtocolScores, score_protocol
+from oaml.evaluation.evaluate import EvalOptions, ProtocolScores, score_protocol
 from oaml.evaluation.verification import genuine_impostor_pairs
 from oaml.models import QAConv, build_face_model
 

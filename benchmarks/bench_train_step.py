@@ -142,7 +142,7 @@ def build_step(arch: str, width: float, full: bool, num_classes: int = NUM_CLASS
     return StepSetup(system, optimizer, fabric, scaler)
 
 
-def _stepper(setup: StepSetup, batch: Batch, precision: str = "fp32") -> Callable[[], None]:
+def _stepper(setup: StepSetup, batch: TrainBatch, precision: str = "fp32") -> Callable[[], None]:
     return lambda: setup.step(batch, precision)
 
 

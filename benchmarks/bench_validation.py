@@ -11,7 +11,7 @@ Phases, oaml against the predecessor's style, interleaved (oaml, baseline) set b
 - **convert** (once per machine, not per validation): :func:`convert_bin` (restricted unpickler, decode, uint8
   memfile + sidecar) against decoding every image into an in-memory float32 ``2N x 3 x 112 x 112`` array
   (insightface/AdaFace ``load_bin`` style; they kept a second, mirrored copy too, which the baseline skips);
-- **read** (every validation): the :class:`FiveValidationDataset` DataLoader over the memfile (uint8 reads,
+- **read** (every validation): the :class:`VerificationSets` DataLoader over the memfile (uint8 reads,
   normalisation per batch) against a DataLoader over the float32 array (a copy per item), batch 128;
 - **resident images**: bytes of the five converted sets, uint8 memfiles (page cache, shared by DDP ranks and
   workers) against float32 arrays in every process; exact, from the shapes;
@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 from benchmarks._timing import MIB, interleaved_seconds, module_main, thread_note, time_once
 from oaml.constants import FACE_SIZE, NORM_MEAN, NORM_STD, VAL_PAIR_COUNTS, VAL_SET_NAMES
 from oaml.data.synthetic import render_face, render_identity_params
-from oaml.data.validation import FiveValidationDataset, convert_bin, load_bin
+from oaml.data.verification_sets import VerificationSets, convert_bin, load_bin
 from oaml.evaluation.verification import DISTANCE_THRESHOLDS, dynamic_weights, fold_bounds
 from oaml.models import FaceModel, QAConv, build_face_model
 from oaml.training.validation import PairScores, score_pairs, summarise_pairs
@@ -233,7 +233,7 @@ def _convert_and_read(bins: Path, repeats: int) -> dict[str, float]:
         for name in VAL_SET_NAMES:
             with tempfile.TemporaryDirectory(prefix="oaml_bench_val_") as tmp:
                 spent["convert"] += time_once(lambda: convert_bin(bins / f"{name}.bin", tmp))
-                dataset = FiveValidationDataset(tmp, names=[name])
+                dataset = VerificationSets(tmp, names=[name])
                 spent["read"] += time_once(lambda: _drain(DataLoader(dataset, batch_size=VAL_BATCH)))
             held: list[np.ndarray] = []
             spent["decode"] += time_once(lambda: held.append(_baseline_decode(bins / f"{name}.bin")[0]))
@@ -246,9 +246,9 @@ def _convert_and_read(bins: Path, repeats: int) -> dict[str, float]:
 
 
 def _forward_sample(model: FaceModel, memfiles: Path, sample_batches: int
-                    ) -> tuple[float, list[tuple[Any, Any]], PairScores, FiveValidationDataset]:
+                    ) -> tuple[float, list[tuple[Any, Any]], PairScores, VerificationSets]:
     """Seconds per image of ``score_pairs`` without QAConv, and the captured (plain, mirrored) outputs."""
-    dataset = FiveValidationDataset(memfiles)
+    dataset = VerificationSets(memfiles)
     captured: list[Any] = []
     hook = model.register_forward_hook(lambda _m, _i, out: captured.append(out))
     batches: Iterator[Any] = iter(DataLoader(dataset, batch_size=VAL_BATCH))
@@ -314,7 +314,7 @@ def _metric_phase(scores: PairScores, repeats: int) -> tuple[float, float]:
     return statistics.median(times["oaml"]), statistics.median(times["baseline"])
 
 
-def _full_scores(dataset: FiveValidationDataset, sample: PairScores, qaconv: np.ndarray) -> PairScores:
+def _full_scores(dataset: VerificationSets, sample: PairScores, qaconv: np.ndarray) -> PairScores:
     """Every pair of the five sets with its real issame and set, the sampled distances repeated cyclically."""
     n = dataset.issame.shape[0]
     set_index = np.repeat(np.arange(len(dataset.names)), [dataset.pair_counts[s] for s in dataset.names])

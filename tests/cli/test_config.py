@@ -176,7 +176,7 @@ def test_make_synthetic_prints_a_summary_line(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_study_writes_its_report_into_the_work_folder_by_default() -> None:
-    from oaml.experiments.real_faces import StudyOptions
+    from oaml.study.runs import StudyOptions
 
     options = StudyOptions()
     assert options.output_dir == options.work_dir != "docs"  # the repository's docs change only when asked

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from oaml.data.datasets import FolderDataset, RecordDataset, RecordIndex, decode_image
+from oaml.data.datasets import FolderDataset, RecordDataset, RecordIndex
+from oaml.data.images import decode_image
 from oaml.data.recordio import RecordReader
 from oaml.data.transforms import TrainTransform
 from oaml.errors import DataError
@@ -307,5 +308,7 @@ def test_read_only_bind_mount(make_rec: Callable[..., Path], tmp_path: Path) -> 
     assert result.stdout.split()[:3] == ["5", "3", "3"]
     assert "['lfw']" in result.stdout
     assert sorted(p.name for p in rec.parent.iterdir()) == ["lfw.bin", "train.idx", "train.rec"]
-    assert len(list((tmp_path / "xdg" / "oaml" / "labels").glob("train-*.labels.npz"))) == 1
+    # One cache root for everything ($OAML_CACHE before $XDG_CACHE_HOME/oaml): labels and converted sets.
+    assert len(list((tmp_path / "cache" / "labels").glob("train-*.labels.npz"))) == 1
     assert list((tmp_path / "cache" / "memfiles").rglob("lfw.u8"))
+    assert not list((tmp_path / "xdg").rglob("*.npz"))

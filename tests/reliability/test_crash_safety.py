@@ -16,8 +16,8 @@ import pytest
 import torch
 from reliability_helpers import ROOT
 
-from oaml.data import validation
-from oaml.data.validation import convert_bin, load_memfile, memfile_paths
+from oaml.data import verification_sets
+from oaml.data.verification_sets import convert_bin, load_memfile, memfile_paths
 from oaml.fileio import atomic_write, atomic_write_bytes
 from oaml.training.checkpoint_io import AtomicCheckpointIO
 
@@ -86,7 +86,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def _interrupt_decode_after(monkeypatch: pytest.MonkeyPatch, images: int) -> None:
-    real = validation.decode_image
+    real = verification_sets.decode_image
     calls = {"n": 0}
 
     def decode(buf: bytes, where: str) -> object:
@@ -95,7 +95,7 @@ def _interrupt_decode_after(monkeypatch: pytest.MonkeyPatch, images: int) -> Non
             raise Crash(f"interrupted while decoding {where}")
         return real(buf, where)
 
-    monkeypatch.setattr(validation, "decode_image", decode)
+    monkeypatch.setattr(verification_sets, "decode_image", decode)
 
 
 def test_interrupted_first_conversion_leaves_no_final_file(synthetic_master: Path, tmp_path: Path,
@@ -127,7 +127,7 @@ def test_reconversion_interrupted_between_renames_never_mixes_sets(synthetic_mas
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "memfiles"
     convert_bin(synthetic_master / "lfw.bin", out, name="lfw")
-    real = validation._fsync_replace
+    real = verification_sets.publish
     calls = {"n": 0}
 
     def replace_once(tmp: Path, final: Path) -> None:
@@ -136,7 +136,7 @@ def test_reconversion_interrupted_between_renames_never_mixes_sets(synthetic_mas
             raise Crash("power cut after the first rename")
         real(tmp, final)
 
-    monkeypatch.setattr(validation, "_fsync_replace", replace_once)
+    monkeypatch.setattr(verification_sets, "publish", replace_once)
     with pytest.raises(Crash):
         convert_bin(synthetic_master / "calfw.bin", out, name="lfw")
     # New images next to the old issame array must not pass for a converted set: it reads as not converted.

@@ -27,11 +27,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oaml.data.datasets import RecordIndex, decode_image
+from oaml.data.datasets import RecordIndex
+from oaml.data.images import decode_image
 from oaml.data.pairs import parse_pairs
 from oaml.data.recordio import RecordReader, read_idx
 from oaml.data.safe_pickle import safe_loads
-from oaml.data.validation import convert_bin, load_bin
+from oaml.data.verification_sets import convert_bin, load_bin
 from oaml.errors import OamlError
 
 pytestmark = pytest.mark.shared_data

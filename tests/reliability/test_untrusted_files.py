@@ -19,7 +19,7 @@ from reliability_helpers import EXPLOITS, ROOT, tiny_config
 
 import oaml
 from oaml.cli.main import main
-from oaml.data.validation import convert_bin, load_bin
+from oaml.data.verification_sets import convert_bin, load_bin
 from oaml.errors import CheckpointError, UnsafePickleError
 from oaml.models import load_backbone
 from oaml.models.checkpoint import read_checkpoint

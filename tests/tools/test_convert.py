@@ -15,7 +15,7 @@ from oaml.constants import ChannelOrder
 from oaml.data.datasets import RecordDataset, RecordIndex
 from oaml.data.insightface import InsightfaceWriter
 from oaml.data.recordio import RecordReader
-from oaml.data.validation import FiveValidationDataset, convert_bin, load_bin, load_memfile
+from oaml.data.verification_sets import VerificationSets, convert_bin, load_bin, load_memfile
 from oaml.errors import DataError
 from oaml.tools.convert import bin_to_memfile, folder_to_rec, image_kind, pairs_to_bin, rec_to_folder
 
@@ -149,7 +149,7 @@ def test_pairs_to_bin_round_trips_through_the_validation_loader(tmp_path: Path) 
                 "Ben_B/Ben_B_0002", "Ben_B/Ben_B_0001", "Ann_A/Ann_A_0003"]
     assert images == [(tmp_path / "aligned" / f"{rel}.png").read_bytes() for rel in expected]
     convert_bin(tmp_path / "lfw.bin", tmp_path / "mem")
-    dataset = FiveValidationDataset(tmp_path / "mem")
+    dataset = VerificationSets(tmp_path / "mem")
     assert dataset.names == ["lfw"] and dataset.issame.tolist() == [True, False, True, False]
     stored, _, _ = load_memfile(tmp_path / "mem", "lfw")
     for k, rel in enumerate(expected):
@@ -191,7 +191,7 @@ def test_pairs_to_bin_on_real_lfw_subset(shared_data: Path, tmp_path: Path, caps
     assert order is ChannelOrder.RGB and stored_issame.tolist() == issame.tolist()
     first = cv2.imdecode(np.frombuffer(images[0], np.uint8), cv2.IMREAD_COLOR)
     np.testing.assert_array_equal(stored[0], first[:, :, ::-1])
-    assert len(FiveValidationDataset(tmp_path / "mem")) == len(images)
+    assert len(VerificationSets(tmp_path / "mem")) == len(images)
 
 
 def test_bin_to_memfile_and_cli_conversions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -48,7 +48,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from oaml.experiments.real_faces import options_from_args, run_study
+    from oaml.study.runs import options_from_args, run_study
 
     for name, path in run_study(options_from_args(args)).items():
         print(f"{name}: {path}")

@@ -62,7 +62,7 @@ def _check_common(args: argparse.Namespace, output: str) -> None:
 def eval_command(args: argparse.Namespace) -> int:
     """Run ``oaml eval``: evaluate, write the outputs, print the console table; 0 on success."""
     from oaml.errors import ConfigError
-    from oaml.evaluation.standalone import evaluate
+    from oaml.evaluation.evaluate import evaluate
 
     _check_common(args, "results.json")
     try:

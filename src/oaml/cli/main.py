@@ -18,7 +18,7 @@ from oaml.cli.tool_commands import add_align_arguments, add_convert_arguments, a
 from oaml.config import OamlConfig, config_from_dict, field_index, load_yaml, validate
 from oaml.errors import ConfigError, OamlError
 from oaml.evaluation.options import EvalOptions
-from oaml.experiments.real_faces import add_study_arguments
+from oaml.study.runs import add_study_arguments
 
 __all__ = ["add_config_arguments", "build_parser", "config_from_args", "main"]
 

@@ -1,59 +1,49 @@
 """Training and verification data: RecordIO/folder datasets, masks, augmentation, samplers (SPEC §7-§9).
 
-``OAMLDataModule`` and ``seed_worker`` are imported lazily, so that importing :mod:`oaml.data` does not
-import Lightning.
+Every public name is imported lazily, on first use, so that importing :mod:`oaml.data` (or a torch-free module
+below it, such as :mod:`oaml.data.images`) imports neither torch nor Lightning.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from oaml.data.augment import Augmenter
-from oaml.data.datasets import FolderDataset, RecordDataset, RecordIndex, decode_image
-from oaml.data.masks import apply_medical_mask, seeded_mask, visibility_to_grid
-from oaml.data.preview import save_preview
-from oaml.data.recordio import IRHeader, RecordReader, RecordWriter, pack_record, unpack_record
-from oaml.data.safe_pickle import safe_load
-from oaml.data.samplers import GraphSampler, PKSampler
-from oaml.data.transforms import EvalTransform, TrainTransform, image_to_tensor, tensor_to_image
-from oaml.data.validation import FiveValidationDataset, convert_bin, load_bin, load_memfile
+_LAZY = {
+    "Augmenter": "oaml.data.augment",
+    "FaceDataModule": "oaml.data.datamodule",
+    "FolderDataset": "oaml.data.datasets",
+    "GraphSampler": "oaml.data.samplers",
+    "IRHeader": "oaml.data.recordio",
+    "EvalTransform": "oaml.data.transforms",
+    "PKSampler": "oaml.data.samplers",
+    "RecordDataset": "oaml.data.datasets",
+    "RecordIndex": "oaml.data.datasets",
+    "RecordReader": "oaml.data.recordio",
+    "RecordWriter": "oaml.data.recordio",
+    "TrainTransform": "oaml.data.transforms",
+    "VerificationSets": "oaml.data.verification_sets",
+    "apply_medical_mask": "oaml.data.masks",
+    "convert_bin": "oaml.data.verification_sets",
+    "decode_image": "oaml.data.images",
+    "image_to_tensor": "oaml.data.transforms",
+    "list_images": "oaml.data.images",
+    "load_bin": "oaml.data.verification_sets",
+    "load_memfile": "oaml.data.verification_sets",
+    "pack_record": "oaml.data.recordio",
+    "safe_load": "oaml.data.safe_pickle",
+    "save_preview": "oaml.data.preview",
+    "seed_worker": "oaml.data.datamodule",
+    "seeded_mask": "oaml.data.masks",
+    "tensor_to_image": "oaml.data.transforms",
+    "unpack_record": "oaml.data.recordio",
+    "visibility_to_grid": "oaml.data.masks",
+}
 
-__all__ = [
-    "Augmenter",
-    "EvalTransform",
-    "FiveValidationDataset",
-    "FolderDataset",
-    "GraphSampler",
-    "IRHeader",
-    "OAMLDataModule",
-    "PKSampler",
-    "RecordDataset",
-    "RecordIndex",
-    "RecordReader",
-    "RecordWriter",
-    "TrainTransform",
-    "apply_medical_mask",
-    "convert_bin",
-    "decode_image",
-    "image_to_tensor",
-    "load_bin",
-    "load_memfile",
-    "pack_record",
-    "safe_load",
-    "save_preview",
-    "seed_worker",
-    "seeded_mask",
-    "tensor_to_image",
-    "unpack_record",
-    "visibility_to_grid",
-]
-
-_LAZY = {"OAMLDataModule", "seed_worker"}
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from oaml.data import datamodule
-
-        return getattr(datamodule, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'oaml.data' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""``OAMLDataModule``: training data with PK batches and the five verification sets (SPEC §7-§9).
+"""``FaceDataModule``: training data with PK batches and the five verification sets (SPEC §7-§9).
 
 The only module of :mod:`oaml.data` that imports Lightning. It takes plain typed arguments; the builders
 in ``oaml.training.build`` map the config onto them.
@@ -14,7 +14,7 @@ Loaders:
   :class:`~oaml.data.batches.PairBatch` records ``(images, issame, set_index, global_index)``. The list is empty
   when no verification set is present, which makes Lightning skip validation.
 
-Checkpoints: :meth:`OAMLDataModule.state_dict` stores the sampler's epoch and the number of batches the loop
+Checkpoints: :meth:`FaceDataModule.state_dict` stores the sampler's epoch and the number of batches the loop
 has processed; on a mid-epoch resume the rebuilt sampler skips exactly those, so the run continues with the
 batches the interrupted one would have seen (Lightning still warns that the *DataLoader* is not resumable).
 """
@@ -39,9 +39,9 @@ from oaml.data.batches import collate_pairs, collate_train
 from oaml.data.datasets import FolderDataset, RecordDataset, resolve_record_path
 from oaml.data.samplers import PairShardSampler, PKSampler
 from oaml.data.transforms import TrainTransform
-from oaml.data.validation import FiveValidationDataset, convert_bin
+from oaml.data.verification_sets import VerificationSets, convert_bin
 
-__all__ = ["OAMLDataModule", "build_train_dataset", "seed_worker"]
+__all__ = ["FaceDataModule", "build_train_dataset", "seed_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def build_train_dataset(train_path: str | os.PathLike[str], transform: Any = Non
                          max_bad_fraction=max_bad_fraction)
 
 
-class OAMLDataModule(LightningDataModule):
+class FaceDataModule(LightningDataModule):
     """Training and verification data for oaml.
 
     Args:
@@ -139,7 +139,7 @@ class OAMLDataModule(LightningDataModule):
         self.resize, self.replace_on_error, self.max_bad_fraction = resize, replace_on_error, max_bad_fraction
         self.pin_memory, self.label_cache_dir = pin_memory, label_cache_dir
         self.train_dataset: RecordDataset | FolderDataset | None = None
-        self.val_datasets: list[FiveValidationDataset] = []
+        self.val_datasets: list[VerificationSets] = []
         self.train_sampler: PKSampler | None = None
         self._pending_sampler_state: dict[str, int] | None = None
 
@@ -162,7 +162,7 @@ class OAMLDataModule(LightningDataModule):
             logger.info("training data %s: %d images, %d identities", self.train_path, len(self.train_dataset),
                         self.train_dataset.num_classes)
         if not self.val_datasets and self.val_memfile_dir is not None:
-            clean = FiveValidationDataset(self.val_memfile_dir, self.val_names, self.channel_order)
+            clean = VerificationSets(self.val_memfile_dir, self.val_names, self.channel_order)
             if len(clean) == 0:
                 logger.info("no verification set found in %s; validation is skipped", self.val_memfile_dir)
                 return
@@ -174,7 +174,7 @@ class OAMLDataModule(LightningDataModule):
         if self.train_dataset is None:
             self.setup("fit")
         if self.train_dataset is None:
-            raise ValueError("OAMLDataModule was built without train_path; there is no training data")
+            raise ValueError("FaceDataModule was built without train_path; there is no training data")
         return self.train_dataset
 
     @property

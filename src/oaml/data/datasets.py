@@ -22,52 +22,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from oaml.constants import FACE_SIZE
 from oaml.data.batches import TrainSample
 from oaml.data.recordio import RecordReader
 from oaml.errors import DataError, RecordIOError
-from oaml.fileio import atomic_write, is_writable_dir
+from oaml.data.images import IMAGE_EXTENSIONS, decode_image, identity_images
+from oaml.fileio import atomic_write, cache_root, is_writable_dir
 
-__all__ = ["FolderDataset", "IMAGE_EXTENSIONS", "RecordDataset", "RecordIndex", "allowed_bad_images",
-           "decode_image", "read_subset_file", "resolve_record_path"]
+__all__ = ["FolderDataset", "RecordDataset", "RecordIndex", "allowed_bad_images", "read_subset_file",
+           "resolve_record_path"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".pgm")
 _CACHE_VERSION = 1
 _MIN_SUBSET_IMAGES = 5
-
-
-def decode_image(buf: bytes | np.ndarray, where: str, resize: bool = False, size: int = FACE_SIZE) -> np.ndarray:
-    """Decode encoded image bytes to a BGR uint8 ``size x size x 3`` array (grayscale becomes 3 channels).
-
-    The one decoder of aligned faces: training datasets, verification sets, ``oaml eval`` and ``oaml convert``
-    all call it.
-
-    Args:
-        buf: encoded JPEG/PNG/BMP/PGM bytes.
-        where: the record key or file path, for error messages.
-        resize: resize other sizes to ``size`` with ``cv2.INTER_AREA`` instead of raising.
-        size: the expected side (112 for ArcFace-aligned crops).
-
-    Raises:
-        DataError: if the bytes do not decode, or the size is not ``size`` and ``resize`` is False.
-    """
-    # cv2.imdecode raises (instead of returning None) on an empty buffer, e.g. a record with no image bytes.
-    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR) if len(buf) else None
-    if image is None:
-        raise DataError(f"{where}: cannot decode the image ({len(buf)} bytes); the file is corrupt or not an image")
-    if image.shape[:2] != (size, size):
-        if not resize:
-            raise DataError(f"{where}: image is {image.shape[1]}x{image.shape[0]}, expected {size}x{size} aligned "
-                            f"faces; align it with `oaml align`, or enable resizing (--resize) to resize with "
-                            f"INTER_AREA")
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return image
 
 
 def allowed_bad_images(total: int, max_bad_fraction: float) -> int:
@@ -88,10 +58,6 @@ def read_subset_file(path: str | os.PathLike[str]) -> list[str]:
     """Entries of a subset index file: one record key or relative path per line (commas also separate)."""
     text = Path(path).read_text(encoding="utf-8")
     return [entry.strip() for line in text.splitlines() for entry in line.split(",") if entry.strip()]
-
-
-def _default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "oaml" / "labels"
 
 
 @dataclass(frozen=True)
@@ -123,7 +89,7 @@ class RecordIndex:
         """Load the cached index, or build it from the headers and cache it.
 
         The cache is ``<stem>.labels.npz`` next to the ``.rec`` file, or, when that folder is not writable,
-        ``$XDG_CACHE_HOME/oaml/labels`` (``~/.cache``); an explicit ``cache_dir`` is used instead of both.
+        ``<cache root>/labels`` (:func:`oaml.fileio.cache_root`); an explicit ``cache_dir`` is used instead of both.
 
         Raises:
             RecordIOError: if a header's class label is not a non-negative integer.
@@ -147,7 +113,7 @@ class RecordIndex:
         digest = hashlib.sha1(str(rec_path.resolve()).encode()).hexdigest()[:12]
         if cache_dir is not None:  # an explicit cache folder is the only location
             return [Path(cache_dir) / f"{rec_path.stem}-{digest}.labels.npz"]
-        fallback = _default_cache_dir() / f"{rec_path.stem}-{digest}.labels.npz"
+        fallback = cache_root() / "labels" / f"{rec_path.stem}-{digest}.labels.npz"
         if not is_writable_dir(rec_path.parent):  # a read-only mount, or a folder read-only by intent
             return [fallback]
         return [rec_path.with_name(f"{rec_path.stem}.labels.npz"), fallback]
@@ -316,7 +282,7 @@ class RecordDataset(_FaceDataset):
         subset_index: a file listing record keys to keep (MS1MV2 subset); identities with fewer than 5
             kept images are dropped and labels are made contiguous again.
         idx_path: the ``.idx`` file; defaults to ``rec_path`` with the suffix ``.idx``.
-        cache_dir: where to cache labels (default: next to the data, or ``~/.cache/oaml/labels`` when the
+        cache_dir: where to cache labels (default: next to the data, or ``<cache root>/labels`` when the
             data folder is read-only).
         resize: resize non-112 images with INTER_AREA instead of raising.
         replace_on_error: replace an undecodable image by another of the same identity (logged, counted).
@@ -377,21 +343,18 @@ class FolderDataset(_FaceDataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root}")
-        suffixes = {ext.lower() for ext in extensions}
         paths: list[str] = []
         labels: list[int] = []
         self.class_names = []
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            files = sorted(p.relative_to(self.root).as_posix() for p in folder.rglob("*")
-                           if p.suffix.lower() in suffixes and p.is_file())
+        for name, files in identity_images(self.root, tuple(extensions)):
             if not files:
-                logger.warning("identity folder %s has no images; skipping it", folder)
+                logger.warning("identity folder %s has no images; skipping it", self.root / name)
                 continue
             labels.extend([len(self.class_names)] * len(files))
-            paths.extend(files)
-            self.class_names.append(folder.name)
+            paths.extend(p.relative_to(self.root).as_posix() for p in files)
+            self.class_names.append(name)
         if not paths:
-            raise DataError(f"{self.root}: no identity folders with {sorted(suffixes)} images")
+            raise DataError(f"{self.root}: no identity folders with {sorted(extensions)} images")
         self.paths = np.array(paths, dtype=object)
         self.labels = np.array(labels, np.int64)
         if subset_index is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from oaml.data.images import IMAGE_EXTENSIONS
 from oaml.errors import DataError
 
 __all__ = ["Pair", "image_relpath", "parse_pairs", "resolve_pairs"]
@@ -140,7 +141,7 @@ def _find(root: Path, rel: str, extensions: Sequence[str]) -> Path | None:
     return None
 
 
-def resolve_pairs(pairs: Iterable[Pair], root: str | Path, extensions: Sequence[str] = (".jpg", ".png"),
+def resolve_pairs(pairs: Iterable[Pair], root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS,
                   on_missing: Literal["raise", "skip"] = "raise") -> list[Pair]:
     """Find the image files of ``pairs`` under ``root``, trying each extension in order.
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oaml.errors import RecordIOError
+from oaml.fileio import publish, temporary_sibling
 
 __all__ = [
     "IRHeader",
@@ -269,8 +270,7 @@ class RecordWriter:
     def __init__(self, rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None) -> None:
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
-        self._tmp_rec = self.rec_path.with_name(self.rec_path.name + ".tmp")
-        self._tmp_idx = self.idx_path.with_name(self.idx_path.name + ".tmp")
+        self._tmp_rec, self._tmp_idx = temporary_sibling(self.rec_path), temporary_sibling(self.idx_path)
         self._rec = open(self._tmp_rec, "wb")
         self._idx = open(self._tmp_idx, "w", encoding="ascii")
         self._keys: set[int] = set()
@@ -301,11 +301,9 @@ class RecordWriter:
         if self._rec.closed:
             return
         for handle in (self._rec, self._idx):
-            handle.flush()
-            os.fsync(handle.fileno())
             handle.close()
-        os.replace(self._tmp_rec, self.rec_path)
-        os.replace(self._tmp_idx, self.idx_path)
+        publish(self._tmp_rec, self.rec_path)
+        publish(self._tmp_idx, self.idx_path)
 
     def abort(self) -> None:
         """Close and delete the temporary files without publishing them."""

@@ -44,6 +44,7 @@ from oaml.constants import ARCFACE_TEMPLATE, FACE_SIZE, VAL_SET_NAMES
 from oaml.data._face_drawing import SUPERSAMPLE, Color, Expression, FaceParams, draw_background, draw_face, shade
 from oaml.data.insightface import InsightfaceWriter
 from oaml.errors import ConfigError
+from oaml.fileio import atomic_write_bytes
 
 __all__ = [
     "FaceParams",
@@ -324,15 +325,6 @@ def _landmark_row(split: str, key: int, path: str, identity: int, landmarks: np.
     return "\t".join([split, str(key), path, str(identity), *(f"{v:.3f}" for v in landmarks.ravel())])
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _write_train(out: Path, spec: SyntheticSpec, rendered: Iterator[_Rendered], rows: list[str]) -> list[str]:
     """Render the training identities into ``train.rec``/``.idx``/``property`` and/or ``images/``."""
     n, k = spec.identities, spec.images_per_identity
@@ -385,7 +377,7 @@ def _write_val(out: Path, spec: SyntheticSpec, rendered: Iterator[_Rendered], ro
     files = []
     for index, name in enumerate(VAL_SET_NAMES):
         pairs = _pairs(pool, spec.pairs_per_set, np.random.default_rng([spec.seed, _PAIR_STREAM, index]))
-        _atomic_write(out / f"{name}.bin", pickle.dumps(pairs, protocol=4))
+        atomic_write_bytes(out / f"{name}.bin", pickle.dumps(pairs, protocol=4))
         files.append(f"{name}.bin")
     return files
 
@@ -445,10 +437,10 @@ def _generate(out: Path, spec: SyntheticSpec, workers: int) -> list[str]:
     finally:
         rendered.close()  # shuts the pool down if writing failed half-way
     header = "split\tkey\tpath\tidentity\t" + "\t".join(f"{a}_{c}" for a in _LANDMARK_NAMES for c in "xy")
-    _atomic_write(out / "landmarks.tsv", ("\n".join([header, *rows]) + "\n").encode("ascii"))
+    atomic_write_bytes(out / "landmarks.tsv", ("\n".join([header, *rows]) + "\n").encode("ascii"))
     files += ["landmarks.tsv", "synthetic.json"]
     # Written last: its presence means the folder is complete.
-    _atomic_write(out / "synthetic.json", (json.dumps(_manifest(spec, files), indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(out / "synthetic.json", (json.dumps(_manifest(spec, files), indent=2) + "\n").encode("utf-8"))
     return files
 
 

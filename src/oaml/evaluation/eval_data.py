@@ -24,17 +24,16 @@ from pathlib import Path
 import numpy as np
 
 from oaml.constants import FACE_SIZE
-from oaml.data.datasets import IMAGE_EXTENSIONS, decode_image
+from oaml.data.images import IMAGE_EXTENSIONS, decode_image, list_images
 from oaml.data.pairs import Pair, parse_pairs, resolve_pairs
-from oaml.data.validation import load_bin
+from oaml.data.verification_sets import load_bin
 from oaml.errors import DataError
 
 __all__ = ["EvalImages", "EvalSet", "bin_set", "check_image_sizes", "decode_face", "find_bad_images", "folder_set",
-           "list_images", "load_eval_set", "pairs_set"]
+           "load_eval_set", "pairs_set"]
 
 logger = logging.getLogger(__name__)
 
-_PAIR_EXTENSIONS = (".jpg", ".png")  # what resolve_pairs tries, in order
 _SHOW = 10  # offending files named in one message
 _SHOW_MISSING = 20  # missing images named in the warning (results.json lists all)
 
@@ -175,21 +174,6 @@ def find_bad_images(images: EvalImages) -> dict[int, str]:
     return bad
 
 
-def list_images(root: str | os.PathLike[str]) -> list[Path]:
-    """Image files under ``root`` at any depth, sorted by relative path; hidden files and folders are skipped.
-
-    Raises:
-        FileNotFoundError: If ``root`` is not a folder.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    suffixes = set(IMAGE_EXTENSIONS)
-    found = [p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
-             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
-
-
 def check_image_sizes(images: EvalImages) -> None:
     """Check every image's size from its header (no decoding) unless ``images.resize``.
 
@@ -244,7 +228,7 @@ def folder_set(root: str | os.PathLike[str], size: int = FACE_SIZE, resize: bool
 
 def _exists(root: Path, rel: str) -> bool:
     stem = Path(rel).with_suffix("")
-    return any((root / stem.with_suffix(ext)).is_file() for ext in _PAIR_EXTENSIONS)
+    return any((root / stem.with_suffix(ext)).is_file() for ext in IMAGE_EXTENSIONS)
 
 
 def pairs_set(root: str | os.PathLike[str], pairs_path: str | os.PathLike[str], size: int = FACE_SIZE,
@@ -268,7 +252,7 @@ def pairs_set(root: str | os.PathLike[str], pairs_path: str | os.PathLike[str], 
                        "use them", pairs_path, len(missing), root, shown, len(pairs) - len(kept))
     if not kept:
         raise DataError(f"{pairs_path}: none of the {len(pairs)} pairs has both images under {root}")
-    resolved: list[Pair] = resolve_pairs(kept, root, extensions=_PAIR_EXTENSIONS)
+    resolved: list[Pair] = resolve_pairs(kept, root)
     index: dict[str, int] = {}
     for pair in resolved:
         for path in (pair.path_a, pair.path_b):

@@ -17,7 +17,6 @@ An explicit ``arch`` is always honoured; when it disagrees with the weights the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -30,11 +29,12 @@ from torch import nn
 
 from oaml.constants import FACE_SIZE, ChannelOrder
 from oaml.errors import CheckpointError, ConfigError
+from oaml.fileio import sha256_file
 from oaml.models import (BACKBONES, IResNet, OcclusionHead, QAConv, build_face_model, extract_prefixed,
                          load_backbone)
 from oaml.models.checkpoint import backbone_state_dict, infer_backbone_config, read_checkpoint
 
-__all__ = ["LoadedModel", "ModelInfo", "QACONV_UNAVAILABLE_REASON", "file_sha256", "load_face_modules"]
+__all__ = ["LoadedModel", "ModelInfo", "QACONV_UNAVAILABLE_REASON", "load_face_modules"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,15 +98,6 @@ class LoadedModel:
     occlusion_head: OcclusionHead | None
     qaconv: QAConv | None
     info: ModelInfo
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read(path: str) -> Mapping[str, Any]:
@@ -208,7 +199,7 @@ def load_face_modules(path: str | os.PathLike[str], arch: str | None = None) -> 
         occlusion_head = qaconv = None
         kind, reason = "backbone_only", QACONV_UNAVAILABLE_REASON
         layout = "adaface_released" if "head.kernel" in state else "backbone"
-    info = ModelInfo(path=str(Path(path).resolve()), sha256=file_sha256(path), kind=kind, source_layout=layout,
+    info = ModelInfo(path=str(Path(path).resolve()), sha256=sha256_file(path), kind=kind, source_layout=layout,
                      **facts, qaconv_unavailable=reason,
                      num_classes=_int_or_none(meta.get("num_classes")) if meta else None,
                      checkpoint_version=str(meta["version"]) if meta and "version" in meta else None)

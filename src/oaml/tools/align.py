@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from oaml.constants import ARCFACE_TEMPLATE, FACE_SIZE
+from oaml.data.images import PHOTO_EXTENSIONS, list_images
 from oaml.errors import ConfigError, DataError
 from oaml.fileio import atomic_write
 
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from oaml.tools._mtcnn import MTCNN, Detections
 
 __all__ = [
-    "ALIGN_EXTENSIONS",
     "AlignSummary",
     "LANDMARK_COLUMNS",
     "align_folder",
@@ -52,7 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ALIGN_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
 """File suffixes (case-insensitive) that ``oaml align`` treats as images."""
 
 LANDMARK_COLUMNS: tuple[str, ...] = ("lex", "ley", "rex", "rey", "nx", "ny", "lmx", "lmy", "rmx", "rmy")
@@ -196,18 +195,6 @@ def read_landmarks_tsv(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarr
     return out
 
 
-def _list_images(src: Path, exclude: Path | None) -> list[Path]:
-    """Image files under ``src`` (relative paths, sorted), skipping hidden entries and ``exclude``."""
-    found = []
-    for root, dirs, files in os.walk(src):
-        here = Path(root)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and (exclude is None or (here / d).resolve() != exclude))
-        found += [(here / f).relative_to(src) for f in files
-                  if not f.startswith(".") and Path(f).suffix.lower() in ALIGN_EXTENSIONS]
-    return sorted(found, key=lambda p: p.as_posix())
-
-
 @dataclass(frozen=True)
 class AlignSummary:
     """What :func:`align_folder` did.
@@ -325,7 +312,7 @@ def align_folder(src: str | os.PathLike[str], dst: str | os.PathLike[str], selec
 
         detector = MTCNN()
     start = time.perf_counter()
-    images = _list_images(src_path, dst_path.resolve())
+    images = [p.relative_to(src_path) for p in list_images(src_path, PHOTO_EXTENSIONS, exclude=dst_path)]
     dst_path.mkdir(parents=True, exist_ok=True)
     with _torch_threads(num_threads if table is None else None):
         rows, failed, distances = _align_all(images, src_path, dst_path, ext, progress,

@@ -12,7 +12,7 @@ SPEC §7 (RecordIO layout) and §9 (``.bin`` verification sets).
 - :func:`rec_to_folder`: ``.rec`` -> ``OUT/<label>/<key>.jpg`` with the payload bytes as they are (``.png``
   for PNG payloads); labels and keys are zero-padded to one width each so that sorted names follow the
   numbers, and ``folder_to_rec`` on the result gives the same labels and record order back.
-- :func:`bin_to_memfile`: a thin wrapper of :func:`oaml.data.validation.convert_bin`.
+- :func:`bin_to_memfile`: a thin wrapper of :func:`oaml.data.verification_sets.convert_bin`.
 - :func:`pairs_to_bin`: an aligned folder and an LFW-format ``pairs.txt`` -> a ``.bin`` (pickle protocol 4 of
   ``(list of 2N image bytes, list of N bools)``, written atomically) that the validation loader reads like
   the released sets.
@@ -32,11 +32,12 @@ import cv2
 import numpy as np
 
 from oaml.constants import FACE_SIZE, ChannelOrder
-from oaml.data.datasets import FolderDataset, RecordIndex, decode_image
+from oaml.data.datasets import FolderDataset, RecordIndex
+from oaml.data.images import decode_image
 from oaml.data.insightface import InsightfaceWriter
 from oaml.data.pairs import Pair, parse_pairs, resolve_pairs
 from oaml.data.recordio import RecordReader
-from oaml.data.validation import convert_bin
+from oaml.data.verification_sets import convert_bin
 from oaml.errors import ConfigError, DataError
 from oaml.fileio import atomic_write_bytes
 
@@ -55,7 +56,6 @@ logger = logging.getLogger(__name__)
 
 _SIGNATURES = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"BM", "bmp"))
 _SUFFIX = {"jpeg": ".jpg", "png": ".png", "bmp": ".bmp"}
-_PAIR_EXTENSIONS = (".jpg", ".png", ".jpeg", ".bmp")
 
 
 def image_kind(data: bytes) -> str | None:
@@ -345,8 +345,8 @@ def pairs_to_bin(aligned_dir: str | os.PathLike[str], pairs_txt: str | os.PathLi
                  skip_bad: bool = False) -> PairsToBinSummary:
     """Write a verification ``.bin`` from an aligned folder and an LFW-format pairs file.
 
-    Image ``n`` of ``name`` is ``aligned_dir/name/name_%04d`` with suffix .jpg, .png, .jpeg or .bmp (first
-    found). Image bytes are stored as they are on disk; every image must decode to 112 x 112.
+    Image ``n`` of ``name`` is ``aligned_dir/name/name_%04d`` with the first suffix of
+    :data:`oaml.data.images.IMAGE_EXTENSIONS` that exists. Image bytes are stored as they are on disk; every image must decode to 112 x 112.
 
     Args:
         aligned_dir: folder of aligned faces, one sub-folder per identity.
@@ -369,8 +369,7 @@ def pairs_to_bin(aligned_dir: str | os.PathLike[str], pairs_txt: str | os.PathLi
     _check_target(Path(out_path), overwrite)
     pairs = parse_pairs(pairs_txt)
     try:
-        resolved = resolve_pairs(pairs, aligned_dir, extensions=_PAIR_EXTENSIONS,
-                                 on_missing="skip" if skip_missing else "raise")
+        resolved = resolve_pairs(pairs, aligned_dir, on_missing="skip" if skip_missing else "raise")
     except DataError as exc:
         raise DataError(f"{pairs_txt}: {exc}; pass --skip-missing (skip_missing=True) to drop the pairs that "
                         f"use them") from exc

@@ -289,10 +289,10 @@ def _runner(path: Path, fmt: str) -> Any:
 
 
 def _real_batch(folder: Path, size: int, order: Any, count: int) -> Tensor | None:
-    from oaml.data.datasets import IMAGE_EXTENSIONS, decode_image
+    from oaml.data.images import decode_image, list_images
     from oaml.data.transforms import image_to_tensor
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())[:count]
+    files = list_images(folder)[:count]
     if not files:
         logger.warning("no images under %s; parity is checked on random inputs only", folder)
         return None

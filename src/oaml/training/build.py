@@ -18,9 +18,9 @@ from lightning.pytorch.strategies import DDPStrategy
 from oaml import __version__
 from oaml.config import OamlConfig, data_paths
 from oaml.constants import VAL_SET_NAMES
-from oaml.data.datamodule import OAMLDataModule
+from oaml.data.datamodule import FaceDataModule
 from oaml.devices import check_gpu_count
-from oaml.fileio import is_writable_dir
+from oaml.fileio import cache_root, is_writable_dir
 from oaml.losses import CombinedLoss
 from oaml.models import ClassMemory, build_face_model, build_head
 from oaml.training.callbacks import BatchPreview, SignalCheckpoint, SkippedImagesSummary
@@ -38,10 +38,10 @@ def _memfile_dir(val_path: Path) -> Path:
     if is_writable_dir(val_path):
         return val_path / "memfiles"
     digest = hashlib.sha256(str(val_path.resolve()).encode()).hexdigest()[:16]
-    return Path(os.environ.get("OAML_CACHE", Path.home() / ".cache" / "oaml")) / "memfiles" / digest
+    return cache_root() / "memfiles" / digest
 
 
-def build_datamodule(config: OamlConfig) -> OAMLDataModule:
+def build_datamodule(config: OamlConfig) -> FaceDataModule:
     """The datamodule of ``config``; the batch size is divided over all devices of all nodes."""
     train_path, val_path = data_paths(config)
     world = config.system.devices * config.system.num_nodes
@@ -51,7 +51,7 @@ def build_datamodule(config: OamlConfig) -> OAMLDataModule:
             train_path / "ms1mv2_train_subset_index.txt"
     has_val = val_path.is_dir()
     augment = config.augment
-    return OAMLDataModule(
+    return FaceDataModule(
         None if config.system.evaluate else train_path, val_path if has_val else None,
         val_memfile_dir=_memfile_dir(val_path) if has_val else None,
         batch_size=config.train.batch_size // world, k=config.loss.instances_per_identity,

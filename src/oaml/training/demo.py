@@ -16,6 +16,7 @@ from pathlib import Path
 
 from oaml.config import OamlConfig, config_from_dict, validate
 from oaml.data.synthetic import make_synthetic
+from oaml.fileio import cache_root
 from oaml.training.run import TrainingResult, run_training
 
 __all__ = ["DEMO_DATA", "demo_config", "run_demo"]
@@ -27,7 +28,8 @@ DEMO_DATA = {"identities": 200, "images": 12, "seed": 0, "val_pairs": 200}
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("OAML_CACHE", Path.home() / ".cache" / "oaml")) / "demo"
+    """``<cache root>/demo`` (:func:`oaml.fileio.cache_root`)."""
+    return cache_root() / "demo"
 
 
 def demo_config(data_dir: Path, output_dir: Path, epochs: int = 16) -> OamlConfig:

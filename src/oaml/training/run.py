@@ -17,12 +17,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from oaml.config import OamlConfig, config_from_dict, data_paths
 from oaml.constants import VAL_SET_NAMES
-from oaml.data.datamodule import OAMLDataModule
+from oaml.data.datamodule import FaceDataModule
 from oaml.data.samplers import PKSampler
 from oaml.devices import check_gpu_count
 from oaml.errors import CheckpointError, ConfigError
 from oaml.evaluation.report import console_table
-from oaml.experiment import create_experiment_dir
+from oaml.training.run_folder import create_run_folder
 from oaml.models import extract_prefixed
 from oaml.models.checkpoint import backbone_state_dict, read_checkpoint
 from oaml.training.build import build_datamodule, build_system, build_trainer
@@ -100,7 +100,7 @@ def _experiment_dir(config: OamlConfig, resume_dir: Path | None = None) -> Path:
         path = Path(config.system.output_dir) / f"{config.system.prefix}_job{job}"
         path.mkdir(parents=True, exist_ok=True)
     else:
-        path = create_experiment_dir(config.system.output_dir, config.system.prefix)
+        path = create_run_folder(config.system.output_dir, config.system.prefix)
     os.environ[_EXPERIMENT_ENV] = str(path)
     return path
 
@@ -154,7 +154,7 @@ def summary_table(metrics: dict[str, float], set_names: list[str]) -> str:
     return console_table(rows, ["set", "protocol", "AdaFace %", "QAConv %", "combined %"])
 
 
-def check_batches(config: OamlConfig, datamodule: OAMLDataModule) -> None:
+def check_batches(config: OamlConfig, datamodule: FaceDataModule) -> None:
     """Refuse a run whose training data cannot fill one batch (it would train nothing and exit 0).
 
     Raises:
@@ -197,7 +197,7 @@ def _resume_checks(config: OamlConfig) -> tuple[Path | None, int | None]:
     return folder, int(classes) if isinstance(classes, int) else None
 
 
-def _prepare(config: OamlConfig) -> tuple[OAMLDataModule, list[str], Path | None]:
+def _prepare(config: OamlConfig) -> tuple[FaceDataModule, list[str], Path | None]:
     """Everything that can fail on bad input, before a run folder exists: devices, resume, data, batch."""
     check_gpu_count(config.system.gpus)
     folder, classes = _resume_checks(config) if config.system.resume_from_checkpoint else (None, None)
@@ -253,7 +253,7 @@ def run_training(config: OamlConfig) -> TrainingResult:
         return _fit_and_test(config, trainer, system, datamodule, experiment_dir, set_names)
 
 
-def _fit_and_test(config: OamlConfig, trainer: pl.Trainer, system: OamlSystem, datamodule: OAMLDataModule,
+def _fit_and_test(config: OamlConfig, trainer: pl.Trainer, system: OamlSystem, datamodule: FaceDataModule,
                   experiment_dir: Path, set_names: list[str]) -> TrainingResult:
     start = time.perf_counter()
     signal_cb = next(cb for cb in trainer.callbacks if isinstance(cb, SignalCheckpoint))

@@ -9,7 +9,7 @@ import pytest
 
 from oaml.data.datasets import FolderDataset
 from oaml.errors import ConfigError, DataError
-from oaml.experiments.study_data import (DEFAULT_DATASETS, Identity, discover_identities, held_out_pairs,
+from oaml.study.data import (DEFAULT_DATASETS, Identity, discover_identities, held_out_pairs,
                                          link_train_folder, split_identities)
 
 

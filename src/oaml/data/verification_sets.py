@@ -15,7 +15,6 @@ conversion never leaves a file that looks complete. A later call with the same s
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -28,13 +27,14 @@ from torch.utils.data import Dataset
 
 from oaml.constants import FACE_SIZE, VAL_SET_NAMES, ChannelOrder
 from oaml.data.batches import PairSample
-from oaml.data.datasets import decode_image
+from oaml.data.images import decode_image
 from oaml.data.masks import seeded_mask
 from oaml.data.safe_pickle import safe_load
 from oaml.data.transforms import image_to_tensor
 from oaml.errors import DataError
+from oaml.fileio import publish, sha256_file
 
-__all__ = ["FiveValidationDataset", "convert_bin", "load_bin", "load_memfile", "memfile_paths"]
+__all__ = ["VerificationSets", "convert_bin", "load_bin", "load_memfile", "memfile_paths"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +72,6 @@ def memfile_paths(out_dir: str | os.PathLike[str], name: str) -> tuple[Path, Pat
     return out / f"{name}.u8", out / f"{name}_issame.npy", out / f"{name}.json"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_sidecar(path: Path) -> dict[str, object] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -95,12 +87,6 @@ def _is_current(out_dir: Path, name: str, sha: str, order: ChannelOrder) -> bool
     shape = meta.get("shape")
     return (isinstance(shape, list) and data_path.is_file() and issame_path.is_file()
             and data_path.stat().st_size == int(np.prod(shape)))
-
-
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
 
 
 def convert_bin(bin_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -124,7 +110,7 @@ def convert_bin(bin_path: str | os.PathLike[str], out_dir: str | os.PathLike[str
     name = name or bin_path.stem
     order = ChannelOrder(channel_order)
     data_path, issame_path, sidecar_path = memfile_paths(out_dir, name)
-    sha = _sha256(bin_path)
+    sha = sha256_file(bin_path)
     if _is_current(out_dir, name, sha, order):
         logger.debug("%s is already converted in %s", bin_path, out_dir)
         return data_path
@@ -149,9 +135,9 @@ def convert_bin(bin_path: str | os.PathLike[str], out_dir: str | os.PathLike[str
         # An old sidecar would vouch for a half-replaced set if the renames below were interrupted; without one
         # the set reads as "not converted" until the new sidecar lands.
         sidecar_path.unlink(missing_ok=True)
-        _fsync_replace(tmp_data, data_path)
-        _fsync_replace(tmp_issame, issame_path)
-        _fsync_replace(tmp_sidecar, sidecar_path)
+        publish(tmp_data, data_path)
+        publish(tmp_issame, issame_path)
+        publish(tmp_sidecar, sidecar_path)
     finally:
         for tmp in (tmp_data, tmp_issame, tmp_sidecar):
             tmp.unlink(missing_ok=True)
@@ -187,7 +173,7 @@ def load_memfile(out_dir: str | os.PathLike[str], name: str) -> tuple[np.memmap,
     return images, issame, ChannelOrder(str(meta.get("channel_order", "bgr")))
 
 
-class FiveValidationDataset(Dataset):
+class VerificationSets(Dataset):
     """The verification sets present in ``memfile_dir``, concatenated in SPEC order.
 
     Items are ``(image, issame, dataset_index, global_index)``: a normalised float tensor ``3 x 112 x 112``
@@ -242,7 +228,7 @@ class FiveValidationDataset(Dataset):
     def __len__(self) -> int:
         return self._length
 
-    def masked(self, mask_seed: int | None = None) -> FiveValidationDataset:
+    def masked(self, mask_seed: int | None = None) -> VerificationSets:
         """A copy that applies the masked protocol (no re-scan of the folder, no repeated log lines)."""
         twin = copy.copy(self)
         twin.masked_second, twin._arrays = True, None

@@ -14,7 +14,7 @@ combined are absent for backbone-only checkpoints; the reason is written to the 
 pair: the second image of listed pairs, the probe ``i`` of every folder pair ``i < j`` (masked ``i`` vs clean ``j``).
 The methods of that protocol carry the suffix ``_masked``.
 
-Outputs (:mod:`oaml.evaluation.standalone_report`): ``results.json``, ``report.md``, ``roc.png`` and
+Outputs (:mod:`oaml.evaluation.results`): ``results.json``, ``report.md``, ``roc.png`` and
 ``score_hist_<method>.png``.
 """
 
@@ -38,7 +38,7 @@ from oaml.evaluation.eval_data import EvalSet, load_eval_set
 from oaml.evaluation.options import EvalOptions
 from oaml.evaluation.pair_scores import (FUSION_NOTE, cosine_paired, cosine_upper, fuse_label_free,
                                          qaconv_paired_scores, qaconv_upper)
-from oaml.evaluation.standalone_report import build_results, console_rows, method_rocs, write_plots, write_report
+from oaml.evaluation.results import build_results, console_rows, method_rocs, write_plots, write_report
 from oaml.evaluation.verification import (KFoldResult, Omitted, combined_ten_fold_accuracy,
                                           embedding_distances, genuine_impostor_pairs, ten_fold_accuracy)
 

@@ -1,6 +1,6 @@
 """``results.md`` and ``results.json`` of the real-face study, with the figures.
 
-Every sentence of the interpretation is derived from the numbers of this run (:func:`oaml.experiments.study_stats.
+Every sentence of the interpretation is derived from the numbers of this run (:func:`oaml.study.stats.
 verdict`), so a rerun that comes out differently says so itself.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 from oaml import __version__
 from oaml.evaluation.report import write_json
-from oaml.experiments.study_data import Identity
-from oaml.experiments.study_figures import plot_loss_curves, plot_mean_maps, plot_occlusion_overlay
-from oaml.experiments.study_stats import aggregate, verdict
+from oaml.study.data import Identity
+from oaml.study.figures import plot_loss_curves, plot_mean_maps, plot_occlusion_overlay
+from oaml.study.stats import aggregate, verdict
 from oaml.fileio import atomic_write
 
 __all__ = ["OVERLAY_NAME", "render_markdown", "write_study"]
@@ -296,7 +296,7 @@ def _setup(options: Any, roots: Sequence[Path], identities: Sequence[Identity], 
                            "test_per_dataset": ", ".join(f"{d} {n}" for d, n in per.items()),
                            "genuine": pairs.num_genuine, "impostor": pairs.num_impostor,
                            "test_keys": [i.key for i in split.test]})
-    from oaml.experiments.real_faces import threads_per_run
+    from oaml.study.runs import threads_per_run
 
     steps_per_epoch = min(entry["steps_per_epoch"] for entry in splits)
     return {"command": command, "version": __version__, "date": _dt.date.today().isoformat(),
@@ -309,7 +309,7 @@ def _setup(options: Any, roots: Sequence[Path], identities: Sequence[Identity], 
 def write_study(options: Any, roots: Sequence[Path], identities: Sequence[Identity], splits: Sequence[dict[str, Any]],
                 results: Sequence[dict[str, Any]], wall_s: float, command: str) -> dict[str, Path]:
     """Write ``results.json``, ``results.md`` and the figures into ``options.output_dir``; returns them by name."""
-    from oaml.experiments.real_faces import METHODS, PROTOCOLS, VARIANTS
+    from oaml.study.runs import METHODS, PROTOCOLS, VARIANTS
 
     out = Path(options.output_dir)
     figures_dir = out / "figures"

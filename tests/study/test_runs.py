@@ -12,11 +12,11 @@ from oaml.cli.main import main
 from oaml.errors import ConfigError
 from oaml.evaluation.embed import MaskedImages
 from oaml.evaluation.eval_data import EvalImages
-from oaml.experiments.real_faces import (METHODS, StudyOptions, VARIANTS, occlusion_separation, read_loss_curves,
+from oaml.study.runs import (METHODS, StudyOptions, VARIANTS, occlusion_separation, read_loss_curves,
                                          run_config, run_study, steps_per_epoch, true_mask_grids)
-from oaml.experiments.study_data import Identity, Split
-from oaml.experiments.study_report import render_markdown
-from oaml.experiments.study_stats import aggregate
+from oaml.study.data import Identity, Split
+from oaml.study.report import render_markdown
+from oaml.study.stats import aggregate
 
 
 def test_variants_switch_exactly_the_documented_branches(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from oaml.data.images import identity_images
 from oaml.errors import ConfigError, DataError
 
 __all__ = ["DEFAULT_DATASETS", "HeldOutPairs", "Identity", "Split", "default_roots", "discover_identities",
@@ -93,8 +94,6 @@ def discover_identities(roots: list[Path]) -> list[Identity]:
         FileNotFoundError: If a root is not a folder.
         DataError: If two roots share a folder name, or no root holds an identity with two images.
     """
-    from oaml.data.datasets import IMAGE_EXTENSIONS  # imports torch; keep `oaml --help` quick
-
     identities: list[Identity] = []
     seen: dict[str, Path] = {}
     for root in roots:
@@ -104,9 +103,9 @@ def discover_identities(roots: list[Path]) -> list[Identity]:
             raise DataError(f"{root} and {seen[root.name]} have the same folder name; identities are named "
                             f"'<folder>/<identity>', so each dataset needs its own folder name")
         seen[root.name] = root
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            files = sorted(str(p.resolve()) for p in folder.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        for name, paths in identity_images(root):
+            folder = root / name
+            files = [str(p.resolve()) for p in paths]
             if len(files) < 2:
                 logger.warning("%s: %d image(s); an identity needs >= 2 for pairs, skipped", folder, len(files))
                 continue

@@ -24,7 +24,7 @@ from oaml.fileio import atomic_write
 if TYPE_CHECKING:
     from oaml.evaluation.api import FaceRecognizer
     from oaml.evaluation.eval_data import EvalSet
-    from oaml.evaluation.standalone import ProtocolScores
+    from oaml.evaluation.evaluate import ProtocolScores
 
 __all__ = ["build_results", "console_rows", "far_key", "method_rocs", "write_plots", "write_report"]
 

@@ -22,7 +22,7 @@ from oaml.evaluation.api import load_model
 from oaml.evaluation.embed import extract_features
 from oaml.evaluation.eval_data import EvalImages
 from oaml.evaluation.pair_scores import cosine_upper, fuse_label_free, qaconv_upper
-from oaml.evaluation.standalone import EvalOptions, evaluate
+from oaml.evaluation.evaluate import EvalOptions, evaluate
 
 LFW_ALIGNED = Path(__file__).resolve().parents[3] / "shared" / "data" / "lfw_subset10_arcface112"
 FAST = EvalOptions(progress=False, batch_size=32, plots=False)

@@ -1,4 +1,4 @@
-"""Verification sets: .bin -> uint8 memfile conversion (atomic, one-time) and FiveValidationDataset."""
+"""Verification sets: .bin -> uint8 memfile conversion (atomic, one-time) and VerificationSets."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from oaml.constants import ChannelOrder
-from oaml.data import validation
+from oaml.data import verification_sets
 from oaml.data.transforms import image_to_tensor
-from oaml.data.validation import FiveValidationDataset, convert_bin, load_bin, load_memfile
+from oaml.data.verification_sets import VerificationSets, convert_bin, load_bin, load_memfile
 from oaml.errors import DataError
 
 BinWriter = Callable[..., Path]
@@ -63,11 +63,11 @@ def test_conversion_is_one_time_and_redone_for_a_new_source(tmp_path: Path, bin_
     source = bin_writer(tmp_path / "lfw.bin", _images(image_factory, 2), [True])
     convert_bin(source, tmp_path)
     stamp = (tmp_path / "lfw.u8").stat().st_mtime_ns
-    real_load = validation.load_bin
-    monkeypatch.setattr(validation, "load_bin", lambda path: pytest.fail("converted twice"))
+    real_load = verification_sets.load_bin
+    monkeypatch.setattr(verification_sets, "load_bin", lambda path: pytest.fail("converted twice"))
     convert_bin(source, tmp_path)
     assert (tmp_path / "lfw.u8").stat().st_mtime_ns == stamp
-    monkeypatch.setattr(validation, "load_bin", real_load)
+    monkeypatch.setattr(verification_sets, "load_bin", real_load)
     bin_writer(source, _images(image_factory, 4, start=10), [False, True])
     convert_bin(source, tmp_path)
     assert load_memfile(tmp_path, "lfw")[1].tolist() == [False, True]
@@ -109,7 +109,7 @@ def test_five_set_dataset_order_offsets_and_items(two_sets: tuple[Path, dict],
                                                   caplog: pytest.LogCaptureFixture) -> None:
     out, truth = two_sets
     with caplog.at_level(logging.INFO):
-        dataset = FiveValidationDataset(out)
+        dataset = VerificationSets(out)
     assert dataset.names == ["cfp_fp", "lfw"]  # SPEC order: agedb_30, cfp_fp, lfw, cplfw, calfw
     assert dataset.offsets == {"cfp_fp": 0, "lfw": 4} and dataset.pair_counts == {"cfp_fp": 2, "lfw": 3}
     assert dataset.missing == ["agedb_30", "cplfw", "calfw"]
@@ -131,7 +131,7 @@ def test_five_set_dataset_order_offsets_and_items(two_sets: tuple[Path, dict],
 
 def test_channel_order_and_flip(two_sets: tuple[Path, dict]) -> None:
     out, truth = two_sets
-    rgb = FiveValidationDataset(out, channel_order=ChannelOrder.RGB, flip=True)
+    rgb = VerificationSets(out, channel_order=ChannelOrder.RGB, flip=True)
     mirrored = truth["images"]["cfp_fp"][2][:, ::-1]
     red = torch.from_numpy(mirrored[:, :, 2].astype(np.float32)) / 127.5 - 1.0  # BGR plane 2 is red
     blue = torch.from_numpy(mirrored[:, :, 0].astype(np.float32)) / 127.5 - 1.0
@@ -140,21 +140,21 @@ def test_channel_order_and_flip(two_sets: tuple[Path, dict]) -> None:
 
 def test_masked_protocol_masks_only_second_images_deterministically(two_sets: tuple[Path, dict]) -> None:
     out, _ = two_sets
-    clean = FiveValidationDataset(out)
-    masked = FiveValidationDataset(out, masked_second=True, mask_seed=3)
-    again = FiveValidationDataset(out, masked_second=True, mask_seed=3)
+    clean = VerificationSets(out)
+    masked = VerificationSets(out, masked_second=True, mask_seed=3)
+    again = VerificationSets(out, masked_second=True, mask_seed=3)
     for i in range(len(clean)):
         same = torch.equal(clean[i][0], masked[i][0])
         assert same == (i % 2 == 0)
         assert torch.equal(masked[i][0], again[i][0])
-    other_seed = FiveValidationDataset(out, masked_second=True, mask_seed=4)
+    other_seed = VerificationSets(out, masked_second=True, mask_seed=4)
     assert not torch.equal(masked[1][0], other_seed[1][0])
     twin = clean.masked(mask_seed=3)
-    assert torch.equal(twin[5][0], masked[5][0]) and torch.equal(clean[5][0], FiveValidationDataset(out)[5][0])
+    assert torch.equal(twin[5][0], masked[5][0]) and torch.equal(clean[5][0], VerificationSets(out)[5][0])
 
 
 def test_no_sets_is_an_empty_dataset(tmp_path: Path) -> None:
-    dataset = FiveValidationDataset(tmp_path)
+    dataset = VerificationSets(tmp_path)
     assert len(dataset) == 0 and dataset.names == [] and dataset.issame.shape == (0,)
 
 

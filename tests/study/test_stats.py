@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from oaml.experiments.study_stats import aggregate, paired_difference, spread, verdict
+from oaml.study.stats import aggregate, paired_difference, spread, verdict
 
 METHODS = ("adaface", "qaconv", "combined")
 PROTOCOLS = ("clean", "masked")

@@ -11,10 +11,10 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["create_experiment_dir"]
+__all__ = ["create_run_folder"]
 
 
-def create_experiment_dir(output_dir: str | os.PathLike[str], prefix: str, date: _dt.date | None = None) -> Path:
+def create_run_folder(output_dir: str | os.PathLike[str], prefix: str, date: _dt.date | None = None) -> Path:
     """Create and return the next experiment folder for ``prefix`` on ``date`` (today by default).
 
     The folder is created with ``mkdir(exist_ok=False)``, so two processes racing for the same number

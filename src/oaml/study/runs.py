@@ -1,9 +1,9 @@
 """``oaml study``: does occlusion-aware training help on masked real faces? A CPU-scale, reproducible ablation.
 
-``python -m oaml.experiments.real_faces`` runs the same study. It
+``python -m oaml.study.runs`` runs the same study. It
 
 1. reads aligned identity folders (by default those of ``../shared/data`` listed in
-   :data:`~oaml.experiments.study_data.DEFAULT_DATASETS`) and splits them by identity, per dataset, into training
+   :data:`~oaml.study.data.DEFAULT_DATASETS`) and splits them by identity, per dataset, into training
    and held-out identities (one split per ``--splits`` seed);
 2. trains the same small backbone under the :data:`VARIANTS` with the same budget (epochs, batch, schedule), once
    per training seed, through the same :func:`~oaml.training.run.run_training` as ``oaml train``: (a) AdaFace, (b)
@@ -13,7 +13,7 @@
    masked-vs-clean (a deterministic synthetic mask on the second image of every pair): 10-fold accuracy and
    TAR@FAR=1e-2 for AdaFace, QAConv and their fusion; for the variant that trains the occlusion head it also
    compares the predicted 7x7 visibility with the true mask;
-4. writes ``results.md``, ``results.json`` and the figures (:mod:`oaml.experiments.study_report`).
+4. writes ``results.md``, ``results.json`` and the figures (:mod:`oaml.study.report`).
 
 Runs go to ``--work-dir`` (each with its ``run.log``, ``metrics.csv`` and checkpoint); ``--jobs`` runs train side by
 side, each on ``cpu_count // jobs`` threads (two single-thread runs beat one two-thread run at this width).
@@ -41,7 +41,7 @@ import numpy as np
 
 from oaml.config import LossConfig
 from oaml.errors import ConfigError, DataError, OamlError
-from oaml.experiments.study_data import (HeldOutPairs, Split, default_roots, discover_identities, held_out_pairs,
+from oaml.study.data import (HeldOutPairs, Split, default_roots, discover_identities, held_out_pairs,
                                          link_train_folder, split_identities)
 
 __all__ = ["FAR", "METHODS", "StudyOptions", "VARIANTS", "Variant", "add_study_arguments", "main",
@@ -93,7 +93,7 @@ class StudyOptions:
     """Settings of one study (the flags of ``oaml study``); every run uses all of them.
 
     Attributes:
-        roots: Aligned identity folders; empty means :func:`~oaml.experiments.study_data.default_roots`.
+        roots: Aligned identity folders; empty means :func:`~oaml.study.data.default_roots`.
         seeds: Training seeds (initialisation, sampling, augmentation).
         splits: Identity-split seeds; the held-out pairs depend on the split only.
         variants: Keys of :data:`VARIANTS` to train.
@@ -257,7 +257,7 @@ def _evaluate(checkpoint: Path, pairs: HeldOutPairs, mask_seed: int, occlusion: 
     from oaml.evaluation.api import load_model
     from oaml.evaluation.embed import extract_features
     from oaml.evaluation.eval_data import EvalImages
-    from oaml.evaluation.standalone import EvalOptions, score_protocol
+    from oaml.evaluation.evaluate import EvalOptions, score_protocol
     from oaml.evaluation.verification import KFoldResult, TarPoint, tar_at_far
 
     recognizer = load_model(checkpoint)
@@ -388,7 +388,7 @@ def run_study(options: StudyOptions) -> dict[str, Path]:
         ConfigError: On a split without enough identities.
         RuntimeError: If a run fails (the message names its log).
     """
-    from oaml.experiments.study_report import write_study
+    from oaml.study.report import write_study
 
     start = time.perf_counter()
     roots = [Path(r) for r in options.roots] or default_roots()
@@ -426,7 +426,7 @@ def run_study(options: StudyOptions) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------------------------------ command line
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``oaml study`` (also used by ``python -m oaml.experiments.real_faces``)."""
+    """The flags of ``oaml study`` (also used by ``python -m oaml.study.runs``)."""
     d = StudyOptions()
     parser.add_argument("roots", nargs="*", help="aligned identity folders (default: the shared data sets present)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds), help="training seeds")
@@ -455,8 +455,8 @@ def options_from_args(args: argparse.Namespace) -> StudyOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m oaml.experiments.real_faces``: the same as ``oaml study``."""
-    parser = argparse.ArgumentParser(prog="python -m oaml.experiments.real_faces", description=__doc__.split("\n")[0])
+    """``python -m oaml.study.runs``: the same as ``oaml study``."""
+    parser = argparse.ArgumentParser(prog="python -m oaml.study.runs", description=__doc__.split("\n")[0])
     add_study_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

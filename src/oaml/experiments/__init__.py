@@ -1,1 +1,0 @@
-"""Reproducible studies built on the library: ``oaml study`` (:mod:`oaml.experiments.real_faces`)."""

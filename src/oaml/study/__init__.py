@@ -1,0 +1,1 @@
+"""Reproducible studies built on the library: ``oaml study`` (:mod:`oaml.study.runs`)."""
