@@ -40,11 +40,11 @@ from benchmarks._timing import (MIB, PeakMemory, interleaved_seconds, module_mai
 from benchmarks.bench_validation import bench_cache_dir
 from oaml.constants import FACE_SIZE, ChannelOrder
 from oaml.data.synthetic import make_synthetic
-from oaml.evaluation.api import BatchFeatures, FaceRecognizer
+from oaml.evaluation.api import FaceRecognizer
 from oaml.evaluation.embed import extract_features
 from oaml.evaluation.eval_data import folder_set
 from oaml.evaluation.loading import LoadedModel, ModelInfo
-from oaml.evaluation.pair_scores import cosine_upper, fuse_label_free, qaconv_upper
+from oaml.evaluation.scoring import BatchFeatures, cosine_upper, fuse_label_free, qaconv_upper
 from oaml.evaluation.evaluate import EvalOptions, ProtocolScores, score_protocol
 from oaml.evaluation.verification import genuine_impostor_pairs
 from oaml.models import QAConv, build_face_model
@@ -93,7 +93,7 @@ def naive_qaconv_upper(q: QAConv, feats: BatchFeatures) -> np.ndarray:
 
 def _naive_protocol(recognizer: FaceRecognizer, feats: BatchFeatures, issame: np.ndarray) -> ProtocolScores:
     """``score_protocol`` in all-pairs mode with the naive QAConv step (same cosine and fusion)."""
-    emb = feats.embedding.numpy()
+    emb = feats.embedding
     scores = {"adaface": cosine_upper(emb, emb),
               "qaconv": naive_qaconv_upper(recognizer.qaconv, feats)}  # type: ignore[arg-type]
     result = ProtocolScores(scores, issame)
@@ -130,7 +130,7 @@ def _in_child(recognizer: FaceRecognizer, feats: BatchFeatures, issame: np.ndarr
 
 def _check(recognizer: FaceRecognizer, feats: BatchFeatures) -> None:
     check = BatchFeatures(*(None if t is None else t[:16] for t in feats))
-    ours = qaconv_upper(recognizer, check, check, progress=False)
+    ours = qaconv_upper(recognizer.qaconv, check, check, recognizer.uses_occlusion, progress=False)
     naive = naive_qaconv_upper(recognizer.qaconv, check)  # type: ignore[arg-type]
     if not np.allclose(ours, naive, atol=1e-4):
         raise RuntimeError(f"qaconv_upper and the naive all-pairs QAConv differ by {np.abs(ours - naive).max():.2e}")

@@ -15,11 +15,11 @@ Phases, oaml against the predecessor's style, interleaved (oaml, baseline) set b
   normalisation per batch) against a DataLoader over the float32 array (a copy per item), batch 128;
 - **resident images**: bytes of the five converted sets, uint8 memfiles (page cache, shared by DDP ranks and
   workers) against float32 arrays in every process; exact, from the shapes;
-- **forward** (with flip): :func:`oaml.training.validation.score_pairs` without QAConv (image + mirror
+- **forward** (with flip): :func:`oaml.evaluation.scoring.score_pair_batch` without QAConv (image + mirror
   forward, flip fusion, distances) on a sample of batches, extrapolated linearly to all images (the cost per
   batch is constant); no baseline: the predecessor ran the same backbone on the same images;
 - **QAConv paired**: ``QAConv.match_pairs`` on the feature and visibility maps of each validation batch, for the
-  image and the mirror (as ``score_pairs`` does), against the predecessor's per-pair loop (one
+  image and the mirror (as ``score_pair_batch`` does), against the predecessor's per-pair loop (one
   ``einsum`` + two ``max`` per pair, OAML ``qaconv.py`` ``match_pairs``) computing the same scores. The sampled
   maps are reused cyclically to cover every pair;
 - **metric**: :func:`summarise_pairs` (vectorised 10-fold protocol, AdaFace, QAConv and combined per set)
@@ -54,7 +54,8 @@ from oaml.data.synthetic import render_face, render_identity_params
 from oaml.data.verification_sets import VerificationSets, convert_bin, load_bin
 from oaml.evaluation.verification import DISTANCE_THRESHOLDS, dynamic_weights, fold_bounds
 from oaml.models import FaceModel, QAConv, build_face_model
-from oaml.training.validation import PairScores, score_pairs, summarise_pairs
+from oaml.data.batches import collate_pairs
+from oaml.evaluation.scoring import BatchFeatures, PairScores, embed_views, score_pair_batch, summarise_pairs
 
 __all__ = ["bench_bins", "bench_cache_dir", "loop_match_pairs", "loop_summarise", "run"]
 
@@ -246,37 +247,34 @@ def _convert_and_read(bins: Path, repeats: int) -> dict[str, float]:
 
 
 def _forward_sample(model: FaceModel, memfiles: Path, sample_batches: int
-                    ) -> tuple[float, list[tuple[Any, Any]], PairScores, VerificationSets]:
-    """Seconds per image of ``score_pairs`` without QAConv, and the captured (plain, mirrored) outputs."""
+                    ) -> tuple[float, list[BatchFeatures], PairScores, VerificationSets]:
+    """Seconds per image of ``score_pair_batch`` without QAConv, and the features of both views (for QAConv)."""
     dataset = VerificationSets(memfiles)
-    captured: list[Any] = []
-    hook = model.register_forward_hook(lambda _m, _i, out: captured.append(out))
-    batches: Iterator[Any] = iter(DataLoader(dataset, batch_size=VAL_BATCH))
-    warm = next(batches)
-    score_pairs(model, None, *warm)  # warm-up, untimed
-    captured.clear()
-    seconds, images, parts = 0.0, 0, []
+    batches: Iterator[Any] = iter(DataLoader(dataset, batch_size=VAL_BATCH, collate_fn=collate_pairs))
+    score_pair_batch(model.backbone, None, None, *next(batches), occlusion_aware=False)  # warm-up, untimed
+    seconds, images, parts, outputs = 0.0, 0, [], []
     for _ in range(sample_batches):
         batch = next(batches)
         holder: list[PairScores] = []
-        seconds += time_once(lambda: holder.append(score_pairs(model, None, *batch)))
-        images += batch[0].shape[0]
+        seconds += time_once(lambda: holder.append(score_pair_batch(model.backbone, None, None, *batch,
+                                                                    occlusion_aware=False)))
+        images += batch.images.shape[0]
         parts.append(holder[0])
-    hook.remove()
-    outputs = [(captured[2 * i], captured[2 * i + 1]) for i in range(len(captured) // 2)]
+        with torch.no_grad():
+            outputs.append(embed_views(model.backbone, model.occlusion_head, batch.images, with_maps=True))
     return seconds / images, outputs, PairScores.concatenate(parts), dataset
 
 
-def _qaconv_phase(q: QAConv, outputs: list[tuple[Any, Any]], num_pairs: int, repeats: int
+def _qaconv_phase(q: QAConv, outputs: list[BatchFeatures], num_pairs: int, repeats: int
                   ) -> tuple[float, float, np.ndarray]:
     """Median seconds of all pairs' flip-averaged paired scores: oaml, baseline, and the oaml scores."""
     per_batch = VAL_BATCH // 2
     plan = [(start, min(per_batch, num_pairs - start)) for start in range(0, num_pairs, per_batch)]
 
     def views(k: int, count: int) -> list[tuple[torch.Tensor, ...]]:
-        out = []
-        for view in outputs[k % len(outputs)]:
-            fm, occ = view.feature_map[: 2 * count], view.occlusion[: 2 * count]
+        out, feats = [], outputs[k % len(outputs)]
+        for fm, occ in ((feats.maps, feats.occlusion), (feats.maps_flip, feats.occlusion_flip)):
+            fm, occ = fm[: 2 * count], occ[: 2 * count]
             out.append((fm[0::2], fm[1::2], occ[0::2], occ[1::2]))
         return out
 
@@ -371,7 +369,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
              "exact, from the shapes; the memfile sits in the page cache, shared by every worker and DDP rank"),
         _row("  read per validation: memfile loader vs float32 in memory", phases["read"], phases["read_base"], "s",
              f"DataLoader batch {VAL_BATCH}, 0 workers, page cache warm; median of {convert_repeats}"),
-        _row("  backbone forward with flip (score_pairs, no QAConv)", forward, None, "s",
+        _row("  backbone forward with flip (score_pair_batch, no QAConv)", forward, None, "s",
              f"{1 / per_image:,.0f} img/s (each image + its mirror), {sampled} sampled images x {num_images:,}; "
              f"no baseline: the predecessor ran the same backbone on the same images"),
         _row("  QAConv paired scores (+ mirror) vs per-pair loop", qa, qa_base, "s",

@@ -64,7 +64,7 @@ def test_train_step_builds_both_objectives() -> None:
 def test_validation_baselines_agree() -> None:
     from benchmarks.bench_validation import loop_match_pairs, loop_summarise
     from oaml.models import QAConv
-    from oaml.training.validation import PairScores, summarise_pairs
+    from oaml.evaluation.scoring import PairScores, summarise_pairs
 
     torch.manual_seed(0)
     q = QAConv(8, 7, 7).eval()
@@ -84,14 +84,13 @@ def test_validation_baselines_agree() -> None:
 
 def test_eval_naive_qaconv_agrees() -> None:
     from benchmarks.bench_eval import _recognizer, naive_qaconv_upper
-    from oaml.evaluation.api import BatchFeatures
-    from oaml.evaluation.pair_scores import qaconv_upper
+    from oaml.evaluation.scoring import BatchFeatures, qaconv_upper
 
     recognizer = _recognizer()
     feats = recognizer.forward_batch(np.random.default_rng(0).integers(0, 255, (6, 112, 112, 3), np.uint8),
                                      with_maps=True)
     assert isinstance(feats, BatchFeatures)
-    ours = qaconv_upper(recognizer, feats, feats, progress=False)
+    ours = qaconv_upper(recognizer.qaconv, feats, feats, recognizer.uses_occlusion, progress=False)
     assert np.allclose(ours, naive_qaconv_upper(recognizer.qaconv, feats), atol=1e-4)
 
 

@@ -71,3 +71,22 @@ def write_face_folder(root: Path, counts: list[int], size: int = 112, seed: int 
             image = np.clip(base.astype(np.int64) + noise, 0, 255).astype(np.uint8)
             assert cv2.imwrite(str(folder / f"img{n:03d}{ext}"), image)
     return root
+
+
+def write_bin_of_faces(path: Path, pairs: int, seed: int = 0) -> Path:
+    """A verification ``.bin`` of ``pairs`` pairs of random 112x112 faces (PNG), every second pair genuine
+    (the two images of a genuine pair differ by noise only)."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    images, issame = [], []
+    for k in range(pairs):
+        first = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+        same = k % 2 == 0
+        second = (np.clip(first.astype(np.int64) + rng.integers(-25, 26, first.shape), 0, 255).astype(np.uint8)
+                  if same else rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))
+        images += [cv2.imencode(".png", first)[1].tobytes(), cv2.imencode(".png", second)[1].tobytes()]
+        issame.append(same)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps((images, issame), protocol=4))
+    return path

@@ -21,7 +21,7 @@ from oaml.errors import DataError
 from oaml.evaluation.api import load_model
 from oaml.evaluation.embed import extract_features
 from oaml.evaluation.eval_data import EvalImages
-from oaml.evaluation.pair_scores import cosine_upper, fuse_label_free, qaconv_upper
+from oaml.evaluation.scoring import cosine_upper, fuse_label_free, qaconv_all, qaconv_upper
 from oaml.evaluation.evaluate import EvalOptions, evaluate
 
 LFW_ALIGNED = Path(__file__).resolve().parents[3] / "shared" / "data" / "lfw_subset10_arcface112"
@@ -173,10 +173,11 @@ def test_all_pairs_scorers_equal_the_upper_triangle(oaml_ckpt: Path, face_folder
     masked = extract_features(rec, EvalImages(names=files, paths=files), mask_seed=0, progress=False)
     n = len(files)
     iu = np.triu_indices(n, 1)
-    emb = feats.embedding.numpy()
-    np.testing.assert_allclose(cosine_upper(emb, emb), (emb @ emb.T)[iu], atol=1e-6)
-    full = rec.qaconv_all(masked, feats).numpy()
-    np.testing.assert_allclose(qaconv_upper(rec, masked, feats, block_rows=3, progress=False), full[iu],
+    emb = feats.embedding
+    np.testing.assert_allclose(cosine_upper(emb, emb), (emb @ emb.T).numpy()[iu], atol=1e-6)
+    full = qaconv_all(rec.qaconv, masked, feats, rec.uses_occlusion).numpy()
+    np.testing.assert_allclose(qaconv_upper(rec.qaconv, masked, feats, rec.uses_occlusion, block_rows=3,
+                                            progress=False), full[iu],
                                rtol=1e-4, atol=1e-5)
 
 

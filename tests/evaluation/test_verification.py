@@ -13,9 +13,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import KFold
 
 from oaml.evaluation.verification import (DISTANCE_THRESHOLDS, Omitted, TarPoint, combined_ten_fold_accuracy,
-                                          count_genuine_impostor, dynamic_weights, embedding_distances,
-                                          fold_bounds, fuse_flip, genuine_impostor_pairs, roc, tar_at_far,
-                                          ten_fold_accuracy)
+                                          count_genuine_impostor, dynamic_weights, fold_bounds,
+                                          genuine_impostor_pairs, roc, tar_at_far, ten_fold_accuracy)
 
 PHI = NormalDist()
 
@@ -186,22 +185,6 @@ def test_dynamic_weights(acc: float, configured: tuple[float, float], expected: 
     assert dynamic_weights(acc, configured) == expected
 
 
-# --- embeddings ---------------------------------------------------------------------------------------------------
-
-def test_embedding_distances_and_flip_fusion() -> None:
-    rng = np.random.default_rng(7)
-    raw1, raw2 = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
-    n1, n2 = np.linalg.norm(raw1, axis=1), np.linalg.norm(raw2, axis=1)
-    e1, e2 = raw1 / n1[:, None], raw2 / n2[:, None]
-    fused = fuse_flip(e1, n1, e2, n2[:, None])
-    expected = (raw1 + raw2) / np.linalg.norm(raw1 + raw2, axis=1, keepdims=True)
-    np.testing.assert_allclose(fused, expected, rtol=1e-12)
-    d = embedding_distances(fused, e1)
-    np.testing.assert_allclose(d, [np.sum((f - e) ** 2) for f, e in zip(fused, e1)])
-    assert ((d >= 0) & (d <= 4)).all()
-    assert embedding_distances(e1.astype(np.float32), e2.astype(np.float32)).dtype == np.float32
-
-
 # --- genuine / impostor enumeration -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("labels", [np.repeat([3, 7, 1, 9], [1, 2, 5, 10]),
@@ -305,10 +288,6 @@ SAME = np.tile([True, False], 10)
     (lambda: roc(GOOD, np.ones(20, bool)), "labels_same needs genuine and impostor"),
     (lambda: tar_at_far(GOOD, SAME, fars=(0.0,)), "fars"),
     (lambda: tar_at_far(GOOD), "labels_same is required"),
-    (lambda: embedding_distances(np.ones((3, 4)), np.ones((3, 5))), "emb_b"),
-    (lambda: embedding_distances(np.full((3, 4), np.inf), np.ones((3, 4))), "emb_a has non-finite"),
-    (lambda: fuse_flip(np.ones((2, 3)), np.ones(2), -np.ones((2, 3)), np.ones(2)), "norm 0"),
-    (lambda: fuse_flip(np.ones((2, 3)), np.ones(3), np.ones((2, 3)), np.ones(2)), "n1"),
     (lambda: dynamic_weights(float("nan")), "qaconv_acc"),
     (lambda: genuine_impostor_pairs(np.array([[1, 2]])), "labels must be 1-D"),
 ])

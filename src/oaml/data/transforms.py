@@ -23,7 +23,8 @@ from oaml.constants import ARCFACE_TEMPLATE, FACE_SIZE, NORM_MEAN, NORM_STD, Cha
 from oaml.data.augment import Augmenter, hflip
 from oaml.data.masks import apply_medical_mask
 
-__all__ = ["EvalTransform", "TrainTransform", "image_to_tensor", "tensor_to_image", "visibility_to_tensor"]
+__all__ = ["EvalTransform", "TrainTransform", "image_to_tensor", "normalise_batch", "tensor_to_image",
+           "visibility_to_tensor"]
 
 _SCALE = np.float32(1.0 / (255.0 * NORM_STD))
 _OFFSET = np.float32(NORM_MEAN / NORM_STD)
@@ -40,6 +41,20 @@ def image_to_tensor(image: np.ndarray, channel_order: ChannelOrder = ChannelOrde
     out *= _SCALE
     out -= _OFFSET
     return torch.from_numpy(out)
+
+
+def normalise_batch(images: torch.Tensor, channel_order: ChannelOrder = ChannelOrder.BGR) -> torch.Tensor:
+    """uint8 BGR ``B x H x W x 3`` (on any device) -> float32 ``B x 3 x H x W`` in ``channel_order``.
+
+    The same float32 arithmetic as :func:`image_to_tensor` (``x * (1 / 127.5) - 1``), so that a face normalised
+    on the device for inference is bit for bit the face a dataset normalised for validation.
+    """
+    if images.dim() != 4 or images.shape[3] != 3 or images.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 B x H x W x 3 images, got {tuple(images.shape)} {images.dtype}")
+    x = images.permute(0, 3, 1, 2)
+    if ChannelOrder(channel_order) is ChannelOrder.RGB:
+        x = x.flip(1)
+    return x.contiguous().float().mul_(float(_SCALE)).sub_(float(_OFFSET))  # NCHW, as the datasets stack them
 
 
 def tensor_to_image(tensor: torch.Tensor | np.ndarray, channel_order: ChannelOrder = ChannelOrder.BGR) -> np.ndarray:

@@ -6,11 +6,11 @@ from oaml.evaluation.report import (console_table, markdown_report, plot_roc, pl
                                     write_json)
 from oaml.evaluation.verification import (DEFAULT_FARS, DISTANCE_THRESHOLDS, KFoldResult, Omitted, RocResult,
                                           TarPoint, combined_ten_fold_accuracy, count_genuine_impostor,
-                                          dynamic_weights, embedding_distances, fold_bounds, fuse_flip,
-                                          genuine_impostor_pairs, roc, tar_at_far, ten_fold_accuracy)
+                                          dynamic_weights, fold_bounds, genuine_impostor_pairs, roc, tar_at_far,
+                                          ten_fold_accuracy)
 
 __all__ = ["DEFAULT_FARS", "DISTANCE_THRESHOLDS", "KFoldResult", "Omitted", "RocResult", "TarPoint",
            "combined_ten_fold_accuracy", "console_table", "count_genuine_impostor", "dynamic_weights",
-           "embedding_distances", "fold_bounds", "fuse_flip", "genuine_impostor_pairs", "markdown_report",
+           "fold_bounds", "genuine_impostor_pairs", "markdown_report",
            "plot_roc", "plot_score_histogram", "roc", "tar_at_far", "ten_fold_accuracy", "to_jsonable",
            "write_json"]

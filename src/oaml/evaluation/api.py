@@ -22,53 +22,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple, Union
+from typing import Union
 
 import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
-from oaml.constants import NORM_MEAN, NORM_STD, ChannelOrder
+from oaml.data.transforms import normalise_batch
 from oaml.devices import resolve_device
 from oaml.errors import DataError
 from oaml.evaluation.eval_data import EvalImages
 from oaml.evaluation.loading import LoadedModel, ModelInfo, load_face_modules
-from oaml.evaluation.verification import fuse_flip
+from oaml.evaluation.scoring import BatchFeatures, cosine_paired, embed_views, qaconv_all, qaconv_paired
 
-__all__ = ["BatchFeatures", "FaceRecognizer", "ImageInput", "load_model"]
+__all__ = ["FaceRecognizer", "ImageInput", "load_model"]
 
 ImageInput = Union[np.ndarray, Sequence[Union[str, os.PathLike, np.ndarray]]]
 """Faces: one ``N x S x S x 3`` uint8 BGR array, or a sequence of paths and/or ``S x S x 3`` arrays."""
-
-_QACONV_PAIRS_PER_CALL = 1024  # pairs handed to QAConv at once (it chunks further by memory)
-
-
-class BatchFeatures(NamedTuple):
-    """Features of one batch (CPU tensors, float32).
-
-    Attributes:
-        embedding: B x 512 flip-fused unit embeddings (the plain embedding when flip is off).
-        norm: B mean of the image's and its mirror's embedding norms (the image's norm when flip is off).
-        maps: B x C x H x W feature maps of the images, or None when not requested.
-        occlusion: B x 1 x H x W visibility maps, or None (not requested, or no occlusion head).
-        maps_flip: Feature maps of the mirrored images, or None.
-        occlusion_flip: Visibility maps of the mirrored images, or None.
-    """
-
-    embedding: Tensor
-    norm: Tensor
-    maps: Tensor | None
-    occlusion: Tensor | None
-    maps_flip: Tensor | None
-    occlusion_flip: Tensor | None
-
-
-def _views(t: Tensor | None, batch: int, flip: bool) -> tuple[Tensor | None, Tensor | None]:
-    """Split a (2B or B) x ... tensor into the originals' and the mirror images' parts."""
-    if t is None:
-        return None, None
-    return (t[:batch], t[batch:]) if flip else (t, None)
 
 
 class FaceRecognizer:
@@ -92,7 +63,6 @@ class FaceRecognizer:
         self.backbone = loaded.backbone.to(self.device).eval()
         self.occlusion_head = None if loaded.occlusion_head is None else loaded.occlusion_head.to(self.device).eval()
         self.qaconv = None if loaded.qaconv is None else loaded.qaconv.to(self.device).eval()
-        self._reverse = self.info.channel_order is ChannelOrder.RGB
 
     @property
     def uses_occlusion(self) -> bool:
@@ -111,32 +81,16 @@ class FaceRecognizer:
         size = self.info.input_size
         if x.dim() != 4 or tuple(x.shape[1:]) != (size, size, 3) or x.dtype != torch.uint8:
             raise DataError(f"expected uint8 B x {size} x {size} x 3 BGR faces, got {tuple(x.shape)} {x.dtype}")
-        x = x.to(self.device).permute(0, 3, 1, 2)
-        if self._reverse:
-            x = x.flip(1)
-        return (x.float() / 255.0 - NORM_MEAN) / NORM_STD
+        return normalise_batch(x.to(self.device), self.info.channel_order)
 
     @torch.inference_mode()
     def forward_batch(self, images: Tensor | np.ndarray, flip: bool = True, with_maps: bool = False) -> BatchFeatures:
         """Run one batch of uint8 ``B x S x S x 3`` BGR faces (and their mirror images when ``flip``).
 
         Returns:
-            The batch's :class:`BatchFeatures` on the CPU.
+            The batch's :class:`~oaml.evaluation.scoring.BatchFeatures` on the CPU.
         """
-        x = self._prepare(images)
-        batch = x.shape[0]
-        views = torch.cat([x, x.flip(3)]) if flip else x
-        embedding, norm, feature_map = self.backbone(views)
-        occ = self.occlusion_head(feature_map) if with_maps and self.occlusion_head is not None else None
-        emb, nrm = embedding.float().cpu(), norm.float().cpu()
-        if flip:
-            fused = fuse_flip(emb[:batch].numpy(), nrm[:batch].numpy(), emb[batch:].numpy(), nrm[batch:].numpy())
-            emb, nrm = torch.from_numpy(np.asarray(fused, np.float32)), (nrm[:batch] + nrm[batch:]) / 2
-        maps = feature_map.float().cpu() if with_maps else None
-        occ = None if occ is None else occ.float().cpu()
-        maps_o, maps_f = _views(maps, batch, flip)
-        occ_o, occ_f = _views(occ, batch, flip)
-        return BatchFeatures(emb, nrm.reshape(-1), maps_o, occ_o, maps_f, occ_f)
+        return embed_views(self.backbone, self.occlusion_head, self._prepare(images), with_maps, flip).cpu()
 
     def iter_batches(self, images: ImageInput) -> Iterator[np.ndarray]:
         """Yield uint8 ``b x S x S x 3`` BGR batches of at most ``batch_size`` faces.
@@ -177,9 +131,8 @@ class FaceRecognizer:
         return image
 
     def _collect(self, images: ImageInput, flip: bool, with_maps: bool) -> BatchFeatures:
-        parts = [self.forward_batch(batch, flip=flip, with_maps=with_maps) for batch in self.iter_batches(images)]
-        return BatchFeatures(*(None if parts[0][k] is None else torch.cat([p[k] for p in parts])
-                               for k in range(len(BatchFeatures._fields))))
+        return BatchFeatures.concatenate([self.forward_batch(batch, flip=flip, with_maps=with_maps)
+                                          for batch in self.iter_batches(images)])
 
     # ----------------------------------------------------------------------------------------------- public
     def embed(self, images: ImageInput, flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -223,10 +176,11 @@ class FaceRecognizer:
         fb = self._collect(b, flip=True, with_maps=self.qaconv is not None)
         if fa.embedding.shape[0] != fb.embedding.shape[0]:
             raise ValueError(f"a has {fa.embedding.shape[0]} faces but b has {fb.embedding.shape[0]}")
+        rows = np.arange(fa.embedding.shape[0])
         if self.qaconv is None:
-            return (fa.embedding * fb.embedding).sum(dim=1).numpy()
-        rows = torch.arange(fa.embedding.shape[0])
-        return self.qaconv_paired(fa, fb, rows, rows).numpy()
+            return cosine_paired(fa.embedding, fb.embedding, rows, rows).astype(np.float32)
+        return qaconv_paired(self.qaconv, fa, fb, torch.from_numpy(rows), torch.from_numpy(rows),
+                             self.uses_occlusion).numpy()
 
     @torch.inference_mode()
     def match_all(self, a: ImageInput, b: ImageInput) -> np.ndarray:
@@ -235,47 +189,7 @@ class FaceRecognizer:
         fb = self._collect(b, flip=True, with_maps=self.qaconv is not None)
         if self.qaconv is None:
             return (fa.embedding @ fb.embedding.T).numpy()
-        return self.qaconv_all(fa, fb).numpy()
-
-    # ----------------------------------------------------------------------------------------------- QAConv
-    def _occ(self, occ: Tensor | None) -> Tensor | None:
-        return occ if self.uses_occlusion else None
-
-    @torch.inference_mode()
-    def qaconv_paired(self, fa: BatchFeatures, fb: BatchFeatures, rows_a: Tensor, rows_b: Tensor) -> Tensor:
-        """Flip-averaged paired QAConv scores of ``(fa[rows_a[k]], fb[rows_b[k]])`` (N float32, CPU)."""
-        if self.qaconv is None:
-            raise RuntimeError("this checkpoint has no QAConv matcher")
-        out = []
-        for start in range(0, rows_a.shape[0], _QACONV_PAIRS_PER_CALL):
-            ia, ib = rows_a[start:start + _QACONV_PAIRS_PER_CALL], rows_b[start:start + _QACONV_PAIRS_PER_CALL]
-            total = 0.0
-            for maps, occ in (("maps", "occlusion"), ("maps_flip", "occlusion_flip")):
-                ma, mb = getattr(fa, maps)[ia].to(self.device), getattr(fb, maps)[ib].to(self.device)
-                oa, ob = (None if getattr(f, occ) is None else getattr(f, occ)[i].to(self.device)
-                          for f, i in ((fa, ia), (fb, ib)))
-                total = total + self.qaconv.match_pairs(ma, mb, self._occ(oa), self._occ(ob)).float().cpu()
-            out.append(total / 2)
-        return torch.cat(out)
-
-    @torch.inference_mode()
-    def qaconv_all(self, probe: BatchFeatures, gallery: BatchFeatures, probe_rows: slice = slice(None),
-                   gallery_rows: slice = slice(None)) -> Tensor:
-        """Flip-averaged all-pairs QAConv scores of ``probe[probe_rows]`` x ``gallery[gallery_rows]`` (CPU float32).
-
-        QAConv chunks the work so that its extra memory stays within ``qaconv.max_chunk_bytes``.
-        """
-        if self.qaconv is None:
-            raise RuntimeError("this checkpoint has no QAConv matcher")
-        total = None
-        for maps, occ in (("maps", "occlusion"), ("maps_flip", "occlusion_flip")):
-            mp, mg = getattr(probe, maps)[probe_rows].to(self.device), getattr(gallery, maps)[gallery_rows]
-            op, og = getattr(probe, occ), getattr(gallery, occ)
-            op = None if op is None else self._occ(op[probe_rows].to(self.device))
-            og = None if og is None else self._occ(og[gallery_rows].to(self.device))
-            scores = self.qaconv(mp, mg.to(self.device), op, og).float().cpu()
-            total = scores if total is None else total + scores
-        return total / 2  # type: ignore[operator]
+        return qaconv_all(self.qaconv, fa, fb, self.uses_occlusion).numpy()
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu", *, arch: str | None = None,

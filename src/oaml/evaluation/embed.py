@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from oaml.data.masks import seeded_mask
-from oaml.evaluation.api import BatchFeatures, FaceRecognizer
+from oaml.evaluation.api import FaceRecognizer
 from oaml.evaluation.eval_data import EvalImages, check_image_sizes, find_bad_images, list_images
 from oaml.errors import DataError
+from oaml.evaluation.scoring import BatchFeatures
 from oaml.fileio import atomic_write
 
 __all__ = ["EmbedSummary", "MaskedImages", "embed_folder", "extract_features"]
@@ -98,8 +99,7 @@ def extract_features(recognizer: FaceRecognizer, images: EvalImages, indices: np
         for batch in loader:
             parts.append(recognizer.forward_batch(batch, flip=True, with_maps=with_maps))
             bar.update(int(batch.shape[0]))
-    return BatchFeatures(*(None if parts[0][k] is None else torch.cat([p[k] for p in parts])
-                           for k in range(len(BatchFeatures._fields))))
+    return BatchFeatures.concatenate(parts)
 
 
 @dataclass(frozen=True)

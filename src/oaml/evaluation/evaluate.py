@@ -32,15 +32,14 @@ import numpy as np
 import torch
 
 from oaml.errors import DataError
-from oaml.evaluation.api import BatchFeatures, FaceRecognizer, load_model
+from oaml.evaluation.api import FaceRecognizer, load_model
 from oaml.evaluation.embed import extract_features
 from oaml.evaluation.eval_data import EvalSet, load_eval_set
 from oaml.evaluation.options import EvalOptions
-from oaml.evaluation.pair_scores import (FUSION_NOTE, cosine_paired, cosine_upper, fuse_label_free,
-                                         qaconv_paired_scores, qaconv_upper)
+from oaml.evaluation.scoring import (FUSION_NOTE, BatchFeatures, cosine_paired, cosine_upper, fuse_label_free,
+                                     fused_ten_fold, qaconv_paired, qaconv_upper, squared_distances)
 from oaml.evaluation.results import build_results, console_rows, method_rocs, write_plots, write_report
-from oaml.evaluation.verification import (KFoldResult, Omitted, combined_ten_fold_accuracy,
-                                          embedding_distances, genuine_impostor_pairs, ten_fold_accuracy)
+from oaml.evaluation.verification import KFoldResult, Omitted, genuine_impostor_pairs, ten_fold_accuracy
 
 __all__ = ["EvalOptions", "EvalOutcome", "ProtocolScores", "evaluate", "score_protocol"]
 
@@ -92,9 +91,9 @@ def _ten_fold(dist: np.ndarray, scores: dict[str, np.ndarray], issame: np.ndarra
         "adaface" + suffix: ten_fold_accuracy(dist, issame, higher_is_same=False)}
     if "qaconv" + suffix in scores:
         qa = scores["qaconv" + suffix]
-        out["qaconv" + suffix] = ten_fold_accuracy(qa, issame, higher_is_same=True)
-        out["combined" + suffix] = combined_ten_fold_accuracy(dist, qa, issame, options.adaface_weight,
-                                                              options.qaconv_weight)
+        qaconv = out["qaconv" + suffix] = ten_fold_accuracy(qa, issame, higher_is_same=True)
+        out["combined" + suffix] = fused_ten_fold(dist, qa, issame, (options.adaface_weight, options.qaconv_weight),
+                                                  options.dynamic_weights, qaconv.accuracy)[0]
     return out
 
 
@@ -117,13 +116,15 @@ def score_protocol(recognizer: FaceRecognizer, first: BatchFeatures, second: Bat
         The :class:`ProtocolScores`.
     """
     listed = rows_first is not None and rows_second is not None
-    emb_a, emb_b = first.embedding.numpy(), second.embedding.numpy()
+    emb_a, emb_b = first.embedding, second.embedding
     scores = {"adaface" + suffix: cosine_paired(emb_a, emb_b, rows_first, rows_second) if listed
               else cosine_upper(emb_a, emb_b)}
-    if recognizer.qaconv is not None:
+    qaconv, aware = recognizer.qaconv, recognizer.uses_occlusion
+    if qaconv is not None:
         scores["qaconv" + suffix] = (
-            qaconv_paired_scores(recognizer, first, second, rows_first, rows_second) if listed
-            else qaconv_upper(recognizer, first, second, options.qaconv_block_rows, options.progress,
+            qaconv_paired(qaconv, first, second, torch.as_tensor(rows_first), torch.as_tensor(rows_second),
+                          aware).numpy().astype(np.float64) if listed
+            else qaconv_upper(qaconv, first, second, aware, options.qaconv_block_rows, options.progress,
                               desc="qaconv" + suffix))
     result = ProtocolScores(scores, issame)
     if recognizer.qaconv is not None:
@@ -132,7 +133,7 @@ def score_protocol(recognizer: FaceRecognizer, first: BatchFeatures, second: Bat
             {"adaface": options.adaface_weight, "qaconv": options.qaconv_weight})
         scores["combined" + suffix] = combined
     if listed:
-        dist = embedding_distances(emb_a[rows_first], emb_b[rows_second])
+        dist = squared_distances(emb_a[torch.as_tensor(rows_first)], emb_b[torch.as_tensor(rows_second)]).numpy()
         result.ten_fold = _ten_fold(dist, scores, issame, suffix, options)
     return result
 

@@ -30,6 +30,8 @@ class EvalOptions:
         plots: Write ``roc.png`` and the score histograms (matplotlib is the slowest part on small sets).
         skip_bad: Leave out unreadable images and the pairs that use them (listed in the outputs) instead of
             stopping at the first one.
+        dynamic_weights: Apply the seed's dynamic rule to the 10-fold combined accuracy, as validation does:
+            weights (0.8, 0.2) while QAConv's own accuracy is below 0.5.
     """
 
     batch_size: int = 64
@@ -47,6 +49,7 @@ class EvalOptions:
     max_pairs: int = 50_000_000
     plots: bool = True
     skip_bad: bool = False
+    dynamic_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_workers < 0 or self.qaconv_block_rows < 1:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["DEFAULT_FARS", "DISTANCE_THRESHOLDS", "KFoldResult", "Omitted", "RocResult", "TarPoint",
-           "combined_ten_fold_accuracy", "count_genuine_impostor", "dynamic_weights", "embedding_distances",
-           "fold_bounds", "fuse_flip", "genuine_impostor_pairs", "roc", "tar_at_far", "ten_fold_accuracy"]
+           "combined_ten_fold_accuracy", "count_genuine_impostor", "dynamic_weights", "fold_bounds",
+           "genuine_impostor_pairs", "roc", "tar_at_far", "ten_fold_accuracy"]
 
 logger = logging.getLogger(__name__)
 
@@ -308,45 +308,6 @@ def _as_embeddings(x: Any, name: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} has non-finite values")
     return arr
-
-
-def embedding_distances(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distance ``||a - b||^2`` per row (``N x D`` each, result ``N``) in the input dtype."""
-    a, b = _as_embeddings(emb_a, "emb_a"), _as_embeddings(emb_b, "emb_b")
-    if a.shape != b.shape:
-        raise ValueError(f"emb_a has shape {a.shape} but emb_b has {b.shape}")
-    return np.sum(np.square(a - b), axis=1)
-
-
-def fuse_flip(e1: np.ndarray, n1: np.ndarray, e2: np.ndarray, n2: np.ndarray) -> np.ndarray:
-    """Norm-weighted flip fusion ``normalise(n1 * e1 + n2 * e2)`` (SPEC §9, AdaFace ``fuse_features_with_norm``).
-
-    Args:
-        e1: Unit embeddings of the images, ``N x D``.
-        n1: Their norms, ``N`` or ``N x 1``.
-        e2: Unit embeddings of the flipped images, ``N x D``.
-        n2: Their norms, ``N`` or ``N x 1``.
-
-    Returns:
-        Unit embeddings ``N x D``.
-
-    Raises:
-        ValueError: On shape mismatches, non-finite input or a fused vector of norm 0.
-    """
-    e1, e2 = _as_embeddings(e1, "e1"), _as_embeddings(e2, "e2")
-    if e1.shape != e2.shape:
-        raise ValueError(f"e1 has shape {e1.shape} but e2 has {e2.shape}")
-    norms = []
-    for name, n in (("n1", n1), ("n2", n2)):
-        n = np.asarray(n).reshape(-1)
-        if n.shape[0] != e1.shape[0] or not np.isfinite(n).all():
-            raise ValueError(f"{name} must hold {e1.shape[0]} finite norms, got shape {np.shape(n)}")
-        norms.append(n[:, None])
-    fused = norms[0] * e1 + norms[1] * e2
-    length = np.linalg.norm(fused, axis=1, keepdims=True)
-    if (length == 0).any():
-        raise ValueError(f"fused embedding has norm 0 at rows {np.flatnonzero(length[:, 0] == 0)[:10].tolist()}")
-    return fused / length
 
 
 def _labels(labels: Any) -> np.ndarray:

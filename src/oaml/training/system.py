@@ -21,10 +21,10 @@ from torch import Tensor
 
 from oaml.data.batches import PairBatch, TrainBatch
 from oaml.errors import NonFiniteLossError
+from oaml.evaluation.scoring import PairScores, score_pair_batch, summarise_pairs
 from oaml.losses import CombinedLoss, nonfinite_components
 from oaml.models import ClassMemory, FaceModel, MarginHead, visibility_target
 from oaml.training.optim import build_sgd
-from oaml.training.validation import PairScores, score_pairs, summarise_pairs
 
 __all__ = ["OamlSystem", "OptimSettings"]
 
@@ -172,8 +172,8 @@ class OamlSystem(pl.LightningModule):
 
     def validation_step(self, batch: PairBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         qaconv = self.model.qaconv if self.loss.uses_qaconv else None
-        scores = score_pairs(self.model, qaconv, batch.images, batch.issame, batch.set_index, batch.global_index,
-                             self.occlusion_aware)
+        scores = score_pair_batch(self.model.backbone, self.model.occlusion_head, qaconv, batch.images, batch.issame,
+                                  batch.set_index, batch.global_index, self.occlusion_aware)
         self._pair_scores.setdefault(dataloader_idx, []).append(scores)
 
     def on_validation_epoch_end(self) -> None:
