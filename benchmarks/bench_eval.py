@@ -40,14 +40,14 @@ from benchmarks._timing import (MIB, PeakMemory, interleaved_seconds, module_mai
 from benchmarks.bench_validation import bench_cache_dir
 from oaml.constants import FACE_SIZE, ChannelOrder
 from oaml.data.synthetic import make_synthetic
-from oaml.evaluation.api import FaceRecognizer
+from oaml.evaluation.api import FaceRecognizer, ModelInfo
 from oaml.evaluation.embed import extract_features
 from oaml.evaluation.eval_data import folder_set
-from oaml.evaluation.loading import LoadedModel, ModelInfo
-from oaml.evaluation.scoring import BatchFeatures, cosine_upper, fuse_label_free, qaconv_upper
 from oaml.evaluation.evaluate import EvalOptions, ProtocolScores, score_protocol
+from oaml.evaluation.scoring import BatchFeatures, cosine_upper, fuse_label_free, qaconv_upper
 from oaml.evaluation.verification import genuine_impostor_pairs
 from oaml.models import QAConv, build_face_model
+from oaml.models.checkpoint import CheckpointMeta, LoadedFaceModel
 
 __all__ = ["eval_faces", "naive_qaconv_upper", "run"]
 
@@ -70,7 +70,9 @@ def _recognizer(seed: int = 0) -> FaceRecognizer:
     info = ModelInfo(path="<random init>", sha256="", kind="oaml", source_layout="oaml", arch=ARCH, width=WIDTH,
                      input_size=FACE_SIZE, channel_order=ChannelOrder.BGR, occlusion_method="scaling",
                      qaconv_unavailable=None, num_classes=None, checkpoint_version=None)
-    return FaceRecognizer(LoadedModel(model.backbone, model.occlusion_head, model.qaconv, info), batch_size=64)
+    meta = CheckpointMeta(ARCH, WIDTH)
+    loaded = LoadedFaceModel(model.backbone, model.occlusion_head, model.qaconv, meta, "oaml")
+    return FaceRecognizer(loaded, info, batch_size=64)
 
 
 def naive_qaconv_upper(q: QAConv, feats: BatchFeatures) -> np.ndarray:

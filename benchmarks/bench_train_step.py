@@ -42,8 +42,8 @@ from lightning.fabric import Fabric
 from benchmarks._timing import interleaved_seconds, module_main, ratio_of_medians, thread_note
 from oaml.constants import FACE_SIZE
 from oaml.data.batches import TrainBatch
-from oaml.losses import CombinedLoss
-from oaml.models import ClassMemory, build_face_model, build_head
+from oaml.config import config_from_dict
+from oaml.training.build import build_system
 from oaml.training.optim import build_sgd
 from oaml.training.system import OamlSystem
 
@@ -122,22 +122,19 @@ def build_step(arch: str, width: float, full: bool, num_classes: int = NUM_CLASS
     """
     torch.manual_seed(seed)
     device = torch.device(device)
-    model = build_face_model(arch, width)
-    head = build_head("adaface", embedding_size=model.backbone.embedding_size, num_classes=num_classes)
-    loss = CombinedLoss() if full else CombinedLoss(qaconv_weight=0.0, occlusion_weight=0.0)
-    memory = None
-    if full:
-        qa = model.qaconv
-        memory = ClassMemory(num_classes, qa.num_features, qa.height, qa.width, k_nearest=32, device=device)
+    objective = {} if full else {"qaconv_loss_weight": 0.0, "occlusion_loss_weight": 0.0}
+    config = config_from_dict(flat={"arch": arch, "width": width, "k_nearest": 32, **objective})
+    system = build_system(config, num_classes).to(device).train()
+    memory = system.objective.class_memory
+    if memory is not None:
         for start in range(0, num_classes, _FILL_CHUNK):  # chunks: MS1MV2-size memories do not fit at once
             classes = torch.arange(start, min(start + _FILL_CHUNK, num_classes), device=device)
-            memory.update(torch.randn(classes.numel(), qa.num_features, qa.height, qa.width, device=device), classes)
+            memory.update(torch.randn(classes.numel(), *memory.memory.shape[1:], device=device), classes)
         memory.rebuild_graph()
-    system = OamlSystem(model, head, loss, memory).to(device).train()
     fabric = Fabric(accelerator="cuda" if device.type == "cuda" else "cpu", devices=1)
     system.fabric = fabric
-    optimizer, _ = build_sgd([model, head], lr=0.1, momentum=0.9, weight_decay=5e-4, steps_per_epoch=1000,
-                             milestones=(8,), gamma=0.1)
+    optimizer, _ = build_sgd([system.model, system.objective], lr=0.1, momentum=0.9, weight_decay=5e-4,
+                             steps_per_epoch=1000, milestones=(8,), gamma=0.1)
     scaler = torch.amp.GradScaler(device.type) if device.type == "cuda" else None
     return StepSetup(system, optimizer, fabric, scaler)
 

@@ -58,7 +58,7 @@ def test_train_step_builds_both_objectives() -> None:
         setup.step(batch)
         after = list(setup.system.model.backbone.parameters())[:3]
         assert any(not torch.equal(b, a) for b, a in zip(before, after))
-        assert setup.system.loss.uses_qaconv is full
+        assert setup.system.objective.uses_qaconv is full
 
 
 def test_validation_baselines_agree() -> None:

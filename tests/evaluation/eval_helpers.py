@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import torch
 
+from oaml.constants import ChannelOrder
 from oaml.models import build_face_model, build_head
+from oaml.models.checkpoint import CheckpointMeta, save_checkpoint
 
 TINY_WIDTH = 0.125
 TINY_ARCH = "ir_18"
@@ -26,22 +28,20 @@ def _randomise_bn(module: torch.nn.Module, seed: int) -> None:
 
 def make_oaml_checkpoint(path: Path, arch: str = TINY_ARCH, width: float = TINY_WIDTH, num_classes: int = 7,
                          channel_order: str = "bgr", occlusion_method: str = "scaling", seed: int = 0) -> Path:
-    """Save a Lightning-style checkpoint in our layout: model.*, head.*, class_memory.* and the "oaml" entry."""
+    """Save a checkpoint in our layout (model.*, objective.head.*, objective.class_memory.* and the "oaml" entry)
+    with the library's writer."""
     torch.manual_seed(seed)
     model = build_face_model(arch, width=width)
     _randomise_bn(model, seed)
     head = build_head("adaface", 512, num_classes)
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    state.update({f"head.{k}": v for k, v in head.state_dict().items()})
-    state["class_memory.memory"] = torch.zeros(num_classes, model.backbone.out_channels, 7, 7, dtype=torch.float16)
-    config = {"model": {"arch": arch, "width": width, "head": "adaface"},
-              "data": {"channel_order": channel_order, "input_size": 112},
-              "loss": {"occlusion_method": occlusion_method}, "train": {}, "augment": {}, "eval": {}, "system": {}}
-    checkpoint = {"state_dict": state, "epoch": 1, "global_step": 10,
-                  "oaml": {"config": config, "class_names": [f"id{k}" for k in range(num_classes)],
-                           "num_classes": num_classes, "version": "0.1.0"}}
-    torch.save(checkpoint, path)
-    return path
+    state.update({f"objective.head.{k}": v for k, v in head.state_dict().items()})
+    state["objective.class_memory.memory"] = torch.zeros(num_classes, model.backbone.out_channels, 7, 7,
+                                                         dtype=torch.float16)
+    meta = CheckpointMeta(arch, width, channel_order=ChannelOrder(channel_order), occlusion_method=occlusion_method,
+                          num_classes=num_classes, class_names=tuple(f"id{k}" for k in range(num_classes)),
+                          version="0.1.0")
+    return save_checkpoint(path, state, meta, epoch=1, global_step=10)
 
 
 def make_released_checkpoint(path: Path, arch: str = TINY_ARCH, width: float = TINY_WIDTH, seed: int = 1) -> Path:
@@ -54,8 +54,7 @@ def make_released_checkpoint(path: Path, arch: str = TINY_ARCH, width: float = T
     state["head.batch_mean"] = torch.full((1,), 20.0)
     state["head.batch_std"] = torch.full((1,), 100.0)
     state["head.t"] = torch.zeros(1)
-    torch.save({"state_dict": state}, path)
-    return path
+    return save_checkpoint(path, state, None)  # the released layout: no "oaml" entry
 
 
 def write_face_folder(root: Path, counts: list[int], size: int = 112, seed: int = 0, ext: str = ".png",

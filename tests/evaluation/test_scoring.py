@@ -81,7 +81,7 @@ def _validation_scores(checkpoint, data_root, batch: int):  # type: ignore[no-un
     clean loader, then the logged summary."""
     from oaml.config import config_from_dict
     from oaml.training.build import build_datamodule, build_system
-    from oaml.training.run import load_start_weights
+    from oaml.training.weights import load_start_weights
 
     config = config_from_dict(flat={"data_root": str(data_root), "train_data_path": "none", "val_data_path": "sets",
                                     "arch": "ir_18", "width": 0.125, "val_batch_size": batch, "num_workers": 0,

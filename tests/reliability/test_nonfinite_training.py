@@ -75,7 +75,8 @@ def test_a_nan_step_is_skipped_logged_and_training_continues(synthetic: Path, tm
         assert _changed(probe.params[step], probe.params[step + 1]), f"step {step} did not train"
     (record,) = [r for r in caplog.records if "non-finite loss" in r.getMessage()]
     message = record.getMessage()
-    assert "epoch 0 batch 2" in message and "non-finite: occlusion, total" in message and "occlusion=nan" in message
+    assert "epoch 0 batch 2" in message and "non-finite: occlusion_loss, loss" in message
+    assert "occlusion_loss=nan" in message
 
 
 def test_persistent_nan_aborts_after_max_nonfinite_steps(synthetic: Path, tmp_path: Path,
@@ -85,6 +86,6 @@ def test_persistent_nan_aborts_after_max_nonfinite_steps(synthetic: Path, tmp_pa
     with pytest.raises(NonFiniteLossError) as info:
         run_training(config)
     message = str(info.value)
-    assert "3 consecutive training steps" in message and "non-finite component(s): occlusion, total" in message
+    assert "3 consecutive training steps" in message and "non-finite component(s): occlusion_loss, loss" in message
     assert "batch 2" in message and "--max_nonfinite_steps" in message
     assert len(probe.params) == 3 and _changed(probe.params[0], probe.params[-1]) == []

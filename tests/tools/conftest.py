@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from oaml.constants import ChannelOrder
 from oaml.models import build_face_model, build_head
+from oaml.models.checkpoint import CheckpointMeta, save_checkpoint
 
 TINY_WIDTH = 0.125
 
@@ -30,14 +32,12 @@ def make_checkpoint(path: Path, width: float = TINY_WIDTH, occlusion_method: str
     if backbone_only:
         state = {f"model.{k}": v for k, v in model.backbone.state_dict().items()}
         state["head.kernel"] = torch.randn(512, 5)
-        torch.save({"state_dict": state}, path)
-        return path
+        return save_checkpoint(path, state, None)
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    state.update({f"head.{k}": v for k, v in build_head("adaface", 512, 5).state_dict().items()})
-    config = {"model": {"arch": "ir_18", "width": width}, "data": {"channel_order": channel_order, "input_size": 112},
-              "loss": {"occlusion_method": occlusion_method}}
-    torch.save({"state_dict": state, "oaml": {"config": config, "num_classes": 5, "version": "0.1.0"}}, path)
-    return path
+    state.update({f"objective.head.{k}": v for k, v in build_head("adaface", 512, 5).state_dict().items()})
+    meta = CheckpointMeta("ir_18", width, channel_order=ChannelOrder(channel_order),
+                          occlusion_method=occlusion_method, num_classes=5, version="0.1.0")
+    return save_checkpoint(path, state, meta)
 
 
 @pytest.fixture(scope="session")

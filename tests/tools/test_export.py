@@ -13,7 +13,7 @@ import torch
 
 from oaml.cli.main import main
 from oaml.errors import OamlError
-from oaml.evaluation.loading import load_face_modules
+from oaml.models.checkpoint import load_face_model
 from oaml.models import QAConv
 from oaml.tools.export import export_model, load_qaconv_params, qaconv_numpy_match, qaconv_params
 
@@ -73,7 +73,7 @@ def test_onnx_export_parity_metadata_and_qaconv_sidecars(tiny_ckpt: Path, tmp_pa
     assert fmap.shape == (7, 64, 7, 7) and occ.shape == (7, 1, 7, 7)
     npz, sidecar = result.qaconv_files or (None, None)
     assert npz == tmp_path / "tiny.onnx.qaconv.npz" and json.loads(sidecar.read_text())["occlusion_weighting"] is True
-    qaconv = load_face_modules(tiny_ckpt).qaconv
+    qaconv = load_face_model(tiny_ckpt).qaconv
     with torch.no_grad():
         expected = qaconv(torch.from_numpy(fmap[:3]), torch.from_numpy(fmap[3:]), torch.from_numpy(occ[:3]),
                           torch.from_numpy(occ[3:])).numpy()

@@ -16,6 +16,7 @@ import torch
 
 from oaml.config import OamlConfig, config_from_dict
 from oaml.data.synthetic import make_synthetic
+from oaml.models.checkpoint import CheckpointMeta, save_checkpoint
 from oaml.training.build import build_datamodule, build_system
 from oaml.training.run import run_training
 
@@ -42,8 +43,7 @@ def _config(data_dir: Path, out: Path, **flat: object) -> OamlConfig:
 def _untrained_checkpoint(config: OamlConfig, path: Path) -> Path:
     datamodule = build_datamodule(config)
     system = build_system(config, datamodule.num_classes, datamodule.class_names)
-    torch.save({"state_dict": system.state_dict(), "oaml": system.metadata}, path)
-    return path
+    return save_checkpoint(path, system.state_dict(), system.metadata)
 
 
 def test_short_run_beats_chance_and_the_untrained_model(data_dir: Path, tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_ddp_two_cpu_processes_and_evaluate_reproduces_metrics(data_dir: Path, t
     (ddp_run,) = (tmp_path / "ddp").iterdir()
     assert (ddp_run / "checkpoints" / "best.ckpt").is_file()
     best = torch.load(ddp_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
-    assert best["oaml"]["config"]["system"]["num_processes"] == 2
+    assert CheckpointMeta.from_entry(best["oaml"], "best").config["system"]["num_processes"] == 2
     logged = _val_metrics(ddp_run)
     assert logged["val_acc"] > 0.6  # the 2-process run learned
 

@@ -11,11 +11,12 @@ import shlex
 from pathlib import Path
 
 import pytest
-import torch
 
 from oaml.cli.main import build_parser, config_from_args
 from oaml.config import OamlConfig, config_from_dict
 from oaml.errors import ConfigError
+from oaml.models.checkpoint import save_checkpoint
+from oaml.training.build import checkpoint_meta
 from oaml.training.resume import LOCKED_ON_RESUME, check_resume, resume_folder
 
 TRAINED = {"arch": "ir_18", "width": 0.125, "batch_size": 8, "k_nearest": 2, "epochs": 3, "seed": 7,
@@ -29,9 +30,7 @@ def checkpoint(tmp_path: Path) -> Path:
     (run / "checkpoints").mkdir(parents=True)
     config = config_from_dict(flat=TRAINED)
     config.save(run / "config.yaml")
-    path = run / "checkpoints" / "last.ckpt"
-    torch.save({"state_dict": {}, "oaml": {"config": config.to_dict(), "num_classes": 40}}, path)
-    return path
+    return save_checkpoint(run / "checkpoints" / "last.ckpt", {}, checkpoint_meta(config, 40, []))
 
 
 def _resume(checkpoint: Path, extra: str = "") -> OamlConfig:

@@ -20,43 +20,112 @@ not exist and ``match`` returns the cosine similarity of the flip-fused embeddin
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
-from typing import Union
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Union
 
 import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
+from oaml.constants import ChannelOrder
 from oaml.data.transforms import normalise_batch
 from oaml.devices import resolve_device
-from oaml.errors import DataError
+from oaml.errors import ConfigError, DataError
 from oaml.evaluation.eval_data import EvalImages
-from oaml.evaluation.loading import LoadedModel, ModelInfo, load_face_modules
 from oaml.evaluation.scoring import BatchFeatures, cosine_paired, embed_views, qaconv_all, qaconv_paired
+from oaml.fileio import sha256_file
+from oaml.models import BACKBONES
+from oaml.models.checkpoint import LoadedFaceModel, load_face_model
 
-__all__ = ["FaceRecognizer", "ImageInput", "load_model"]
+__all__ = ["FaceRecognizer", "ImageInput", "ModelInfo", "QACONV_UNAVAILABLE_REASON", "load_model"]
+
+QACONV_UNAVAILABLE_REASON = ("the checkpoint holds only a backbone (e.g. a released AdaFace .ckpt): no QAConv "
+                             "or occlusion-head weights, so only the AdaFace cosine score is evaluated")
+"""Why QAConv scores are missing for backbone-only checkpoints (written to results.json and report.md)."""
+
+logger = logging.getLogger(__name__)
 
 ImageInput = Union[np.ndarray, Sequence[Union[str, os.PathLike, np.ndarray]]]
 """Faces: one ``N x S x S x 3`` uint8 BGR array, or a sequence of paths and/or ``S x S x 3`` arrays."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What was loaded, for provenance (results.json, exports, galleries) and for the callers' decisions.
+
+    Attributes:
+        path: The checkpoint path.
+        sha256: SHA-256 of the checkpoint file.
+        kind: ``"oaml"`` (backbone + occlusion head + QAConv) or ``"backbone_only"``.
+        source_layout: The layout of :class:`~oaml.models.checkpoint.LoadedFaceModel`.
+        arch: Backbone name.
+        width: Width multiplier.
+        input_size: Side of the square input in pixels.
+        channel_order: Channel order the backbone expects.
+        occlusion_method: ``"scaling"`` (visibility maps weight QAConv), ``"none"``, or ``"unavailable"``.
+        qaconv_unavailable: Why QAConv is unavailable, or None when it is available.
+        num_classes: Training class count recorded in the checkpoint, if any.
+        checkpoint_version: oaml version that wrote the checkpoint, if recorded.
+    """
+
+    path: str
+    sha256: str
+    kind: str
+    source_layout: str
+    arch: str
+    width: float
+    input_size: int
+    channel_order: ChannelOrder
+    occlusion_method: str
+    qaconv_unavailable: str | None
+    num_classes: int | None
+    checkpoint_version: str | None
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str], loaded: LoadedFaceModel) -> ModelInfo:
+        """The description of ``loaded``, read from ``path``."""
+        meta, has_qaconv = loaded.meta, loaded.qaconv is not None
+        return cls(path=str(Path(path).resolve()), sha256=sha256_file(path),
+                   kind="oaml" if has_qaconv else "backbone_only", source_layout=loaded.layout,
+                   arch=meta.arch, width=float(loaded.backbone.width),
+                   input_size=int(loaded.backbone.input_size), channel_order=meta.channel_order,
+                   occlusion_method=meta.occlusion_method,
+                   qaconv_unavailable=None if has_qaconv else QACONV_UNAVAILABLE_REASON,
+                   num_classes=meta.num_classes, checkpoint_version=meta.version)
+
+    @property
+    def has_qaconv(self) -> bool:
+        """True when the QAConv matcher was loaded."""
+        return self.qaconv_unavailable is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the channel order as its value string)."""
+        out = asdict(self)
+        out["channel_order"] = self.channel_order.value
+        return out
 
 
 class FaceRecognizer:
     """A loaded model ready for inference (see the module docstring).
 
     Args:
-        loaded: Modules and their description from :func:`oaml.evaluation.loading.load_face_modules`.
+        loaded: The modules of :func:`oaml.models.checkpoint.load_face_model`.
+        info: Their description (:meth:`ModelInfo.of`).
         device: Torch device to run on.
         batch_size: Images per forward pass (each pass also runs the mirrored images).
         resize: Resize faces that are not ``S x S`` instead of raising.
     """
 
-    def __init__(self, loaded: LoadedModel, device: str | torch.device = "cpu", batch_size: int = 64,
-                 resize: bool = False) -> None:
+    def __init__(self, loaded: LoadedFaceModel, info: ModelInfo, device: str | torch.device = "cpu",
+                 batch_size: int = 64, resize: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.info: ModelInfo = loaded.info
+        self.info = info
         self.device = resolve_device(device, "device")
         self.batch_size = batch_size
         self.resize = resize
@@ -212,4 +281,10 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu",
         ConfigError: If ``device`` is unknown or absent on this machine.
     """
     resolve_device(device, "device")  # before reading a large checkpoint
-    return FaceRecognizer(load_face_modules(path, arch=arch), device=device, batch_size=batch_size, resize=resize)
+    if arch is not None and arch not in BACKBONES:
+        raise ConfigError(f"arch {arch!r} is not a known backbone; choose one of {', '.join(BACKBONES.names())}")
+    loaded = load_face_model(path, arch=arch)
+    info = ModelInfo.of(path, loaded)
+    logger.info("loaded %s (%s, %s width %g, %s, QAConv %s)", path, loaded.layout, info.arch, info.width,
+                info.channel_order.value, "available" if info.has_qaconv else "unavailable")
+    return FaceRecognizer(loaded, info, device=device, batch_size=batch_size, resize=resize)

@@ -1,13 +1,13 @@
 """Standalone evaluation of a checkpoint on any aligned dataset: ``oaml eval`` / ``main_eval.py`` (SPEC §9).
 
-Pipeline: load the model (:mod:`oaml.evaluation.loading`), read the data (:mod:`oaml.evaluation.eval_data`), extract
-flip-fused embeddings and both views' feature/visibility maps (:mod:`oaml.evaluation.embed`), score every pair
-(:mod:`oaml.evaluation.pair_scores`) and turn the scores into metrics with the shared pure functions of
+Pipeline: load the model (:func:`oaml.evaluation.api.load_model`), read the data (:mod:`oaml.evaluation.eval_data`),
+extract flip-fused embeddings and both views' feature/visibility maps (:mod:`oaml.evaluation.embed`), score every
+pair (:mod:`oaml.evaluation.scoring`, the path validation uses too) and turn the scores into metrics with the shared pure functions of
 :mod:`oaml.evaluation.verification` (ROC, AUC, EER, TAR@FAR; for pair lists and ``.bin`` also the 10-fold accuracy
 through the same ``ten_fold_accuracy``/``combined_ten_fold_accuracy`` that validation uses).
 
 Methods: ``adaface`` (cosine of flip-fused embeddings), ``qaconv`` (visibility-weighted QAConv, flip-averaged) and
-``combined`` (label-free z-score fusion, see :data:`~oaml.evaluation.pair_scores.FUSION_NOTE`). QAConv and
+``combined`` (label-free z-score fusion, see :data:`~oaml.evaluation.scoring.FUSION_NOTE`). QAConv and
 combined are absent for backbone-only checkpoints; the reason is written to the outputs.
 
 ``mask_probes`` repeats everything with a deterministic synthetic mask (seeded by image index) on one side of every

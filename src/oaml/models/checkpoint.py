@@ -1,6 +1,20 @@
-"""Loading backbone weights from the known checkpoint layouts, strictly and without unsafe unpickling.
+"""The one checkpoint module: reading every layout, writing ours, and the typed metadata record (SPEC §2, §10).
 
-SPEC §2 ("Released AdaFace .ckpt files") and §10. Accepted layouts, tried in this order:
+Every reader of checkpoints goes through here: inference (``oaml.load_model``, ``oaml eval``/``embed``/``export``),
+training (``--start_from_model_statedict``, ``--evaluate``, resume) and the tests, which write checkpoints with
+:func:`save_checkpoint` instead of by hand.
+
+- **Ours** (Lightning checkpoints of ``OamlSystem``): ``state_dict`` keys ``model.backbone.*``,
+  ``model.occlusion_head.*``, ``model.qaconv.*`` and ``objective.head.*``, ``objective.class_memory.*``, plus the
+  entry ``checkpoint["oaml"]``: a :class:`CheckpointMeta` (format 2: arch, width, input size, channel order,
+  occlusion method, classes, version and the run's resolved config). Format 1 (before the objective owned the
+  head: ``head.*``, ``class_memory.*`` and a config-only entry) is read too (:func:`system_state_dict`).
+- **FaceModel weights** without the entry (``backbone.*``/``occlusion_head.*``/``qaconv.*``, optionally under
+  ``model.``): the architecture is inferred from the weights, the channel order assumed BGR.
+- **Backbone only** (released AdaFace ``{"state_dict": {"model.<backbone>", "head.kernel", ...}}`` or a raw backbone
+  state dict): only the backbone loads; QAConv and the occlusion head do not exist.
+
+Backbone keys are found in this order:
 
 1. ``{"state_dict": {...}}`` or a bare mapping of tensors (the state dict itself);
 2. keys under ``model.backbone.`` (oaml's Lightning checkpoints: ``OamlSystem.model`` is a FaceModel),
@@ -8,9 +22,8 @@ SPEC §2 ("Released AdaFace .ckpt files") and §10. Accepted layouts, tried in t
    the first prefix whose keys contain ``input_layer.0.weight`` winning;
 3. a raw backbone state dict (``input_layer.*``, ``body.*``, ``output_layer.*``).
 
-Files are read with ``torch.load(..., map_location="cpu", weights_only=True)``; a file that needs
-arbitrary unpickling is refused. Loading is strict: any missing or unexpected key is an error. When no
-backbone is given, the architecture, width and input size are inferred from the weights themselves.
+Files are read with ``torch.load(..., map_location="cpu", weights_only=True)``: a file that needs arbitrary
+unpickling is refused. Loading is strict. Without metadata, arch, width and input size are inferred from the weights.
 """
 
 from __future__ import annotations
@@ -22,15 +35,24 @@ import pickle
 import re
 import zipfile
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from oaml.constants import FACE_SIZE, ChannelOrder
 from oaml.errors import CheckpointError
+from oaml.fileio import atomic_write
+from oaml.models.face_model import build_face_model
 from oaml.models.iresnet import BACKBONES, IResNet, feature_map_side, scaled_widths
+from oaml.models.occlusion import OcclusionHead
+from oaml.models.qaconv import QAConv
 
-__all__ = ["backbone_state_dict", "extract_prefixed", "infer_backbone_config", "load_backbone", "read_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointMeta", "LoadedFaceModel", "backbone_state_dict", "extract_prefixed",
+           "infer_backbone_config", "load_backbone", "load_face_model", "read_checkpoint", "read_meta",
+           "save_checkpoint", "system_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -207,21 +229,215 @@ def load_backbone(
             width=inferred["width"] if width is None else width,
             input_size=inferred["input_size"] if input_size is None else input_size,
         )
-    _load_strict(backbone, state, source)
+    _load_strict(backbone, state, f"{source}: backbone keys do not match:")
     logger.info("loaded %d backbone tensors from %s", len(state), source)
     return backbone
 
 
-def _load_strict(backbone: IResNet, state: Mapping[str, Tensor], source: str) -> None:
-    expected = set(backbone.state_dict())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: backbone keys do not match: {len(missing)} missing {missing[:_SHOW]}, "
-            f"{len(unexpected)} unexpected {unexpected[:_SHOW]}"
-        )
+def _load_strict(module: nn.Module, weights: Mapping[str, Any], message: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists the first missing/unexpected/mismatched keys."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(weights)
+                        if tuple(expected[k].shape) != tuple(getattr(weights[k], "shape", ())))
+    if missing or unexpected or mismatched:
+        shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched[:_SHOW]]
+        raise CheckpointError(f"{message} {len(missing)} missing keys {missing[:_SHOW]}, {len(unexpected)} unexpected "
+                              f"{unexpected[:_SHOW]}, {len(mismatched)} with other shapes {shapes}")
+    module.load_state_dict(weights, strict=True)
+
+
+# ----------------------------------------------------------------------------------------------- metadata
+CHECKPOINT_FORMAT = 2
+"""Version of the ``oaml`` entry and the key layout; 1 = the head and memory at the top level, config only."""
+
+_FORMAT1_KEYS = (("head.", "objective.head."), ("class_memory.", "objective.class_memory."))
+
+
+def _section(config: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
+    value = config.get(name) if isinstance(config, Mapping) else None
+    return value if isinstance(value, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What our checkpoints say about themselves (``checkpoint["oaml"]``); training writes it, everyone reads it.
+
+    Attributes:
+        arch: backbone name.
+        width: width multiplier.
+        input_size: side of the square input.
+        channel_order: channel order the backbone expects.
+        occlusion_method: how visibility maps weight QAConv (``scaling``, ``none``; ``unavailable`` without QAConv).
+        num_classes: training identities (the margin head's columns), if known.
+        class_names: the training identity names.
+        version: oaml version that wrote the checkpoint.
+        config: the run's resolved configuration (nested sections), for resume and ``--evaluate``.
+    """
+
+    arch: str
+    width: float
+    input_size: int = FACE_SIZE
+    channel_order: ChannelOrder = ChannelOrder.BGR
+    occlusion_method: str = "scaling"
+    num_classes: int | None = None
+    class_names: tuple[str, ...] = ()
+    version: str | None = None
+    config: dict[str, Any] | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``oaml`` entry (plain types only, loadable with ``weights_only=True``)."""
+        return {"format": CHECKPOINT_FORMAT, "arch": self.arch, "width": float(self.width),
+                "input_size": int(self.input_size), "channel_order": self.channel_order.value,
+                "occlusion_method": self.occlusion_method, "num_classes": self.num_classes,
+                "class_names": list(self.class_names), "version": self.version, "config": self.config}
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, Any], source: str, inferred: Mapping[str, Any] | None = None
+                   ) -> CheckpointMeta:
+        """Parse an ``oaml`` entry of format 2, or of format 1 (the values read from its config sections).
+
+        ``inferred`` (from :func:`infer_backbone_config`) fills an architecture the entry does not name.
+
+        Raises:
+            CheckpointError: on a missing architecture or a bad channel order.
+        """
+        config = entry.get("config") if isinstance(entry.get("config"), Mapping) else None
+        model, data, loss = (_section(config, name) for name in ("model", "data", "loss"))
+        values = {**(inferred or {}), **{k: v for k, v in (("arch", model.get("arch")), ("width", model.get("width")),
+                                                            ("input_size", data.get("input_size"))) if v is not None}}
+        values.update({k: entry[k] for k in ("arch", "width", "input_size") if entry.get(k) is not None})
+        if "arch" not in values:
+            raise CheckpointError(f"{source}: its 'oaml' entry names no architecture")
+        order = entry.get("channel_order", data.get("channel_order", ChannelOrder.BGR.value))
+        try:
+            channel_order = ChannelOrder(str(order).lower())
+        except ValueError:
+            raise CheckpointError(f"{source}: unknown channel order {order!r} in the 'oaml' entry; expected bgr or "
+                                  f"rgb") from None
+        classes = entry.get("num_classes")
+        return cls(str(values["arch"]), float(values.get("width", 1.0)), int(values.get("input_size", FACE_SIZE)),
+                   channel_order, str(entry.get("occlusion_method", loss.get("occlusion_method", "scaling"))),
+                   int(classes) if isinstance(classes, int) and not isinstance(classes, bool) else None,
+                   tuple(str(n) for n in entry.get("class_names") or ()),
+                   None if entry.get("version") is None else str(entry["version"]),
+                   dict(config) if config is not None else None)
+
+
+def read_meta(path: str | os.PathLike[str]) -> CheckpointMeta | None:
+    """The :class:`CheckpointMeta` of an oaml checkpoint (tensors are memory-mapped, not read), or None for a
+    checkpoint without one (released AdaFace, a raw state dict).
+
+    Raises:
+        FileNotFoundError, CheckpointError: as :func:`read_checkpoint`.
+    """
+    path = os.fspath(path)
+    entry = read_checkpoint(path, mmap=True).get("oaml")
+    return CheckpointMeta.from_entry(entry, path) if isinstance(entry, Mapping) else None
+
+
+def system_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``state_dict`` of an oaml checkpoint in the current key layout (format-1 keys renamed)."""
+    state = dict(checkpoint.get("state_dict", checkpoint))
+    entry = checkpoint.get("oaml")
+    if isinstance(entry, Mapping) and int(entry.get("format", 1)) >= CHECKPOINT_FORMAT:
+        return state
+    renamed = {}
+    for key, value in state.items():
+        old = next((prefix for prefix, _ in _FORMAT1_KEYS if key.startswith(prefix)), None)
+        renamed[key if old is None else dict(_FORMAT1_KEYS)[old] + key[len(old):]] = value
+    return renamed
+
+
+def save_checkpoint(path: str | os.PathLike[str], state_dict: Mapping[str, Tensor], meta: CheckpointMeta | None,
+                    **extra: Any) -> Path:
+    """Write a checkpoint in our layout atomically: ``{"state_dict": ..., "oaml": meta, **extra}``.
+
+    ``state_dict`` holds the system's keys (``model.*``, ``objective.*``); None for ``meta`` writes a checkpoint
+    without the entry (as foreign tools do).
+    """
+    checkpoint: dict[str, Any] = {"state_dict": dict(state_dict), **extra}
+    if meta is not None:
+        checkpoint["oaml"] = meta.to_dict()
+    with atomic_write(path, "wb") as handle:
+        torch.save(checkpoint, handle)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------- inference
+class LoadedFaceModel(NamedTuple):
+    """The inference modules of a checkpoint (eval mode, CPU) and what it says about them.
+
+    Attributes:
+        backbone: the IR backbone.
+        occlusion_head: None for backbone-only checkpoints.
+        qaconv: None for backbone-only checkpoints.
+        meta: the checkpoint's metadata (inferred from the weights when it has none), with the architecture that
+            was built.
+        layout: ``"oaml"``, ``"face_model"`` (FaceModel weights without metadata), ``"adaface_released"`` (``model.*``
+            keys plus ``head.kernel``) or ``"backbone"``.
+    """
+
+    backbone: IResNet
+    occlusion_head: OcclusionHead | None
+    qaconv: QAConv | None
+    meta: CheckpointMeta
+    layout: str
+
+
+def _face_model_prefix(state: Mapping[str, Any]) -> str | None:
+    for prefix in ("model.", ""):
+        if f"{prefix}backbone.{_ANCHOR_KEY}" in state and f"{prefix}qaconv.fc.weight" in state:
+            return prefix
+    return None
+
+
+def load_face_model(path: str | os.PathLike[str], arch: str | None = None) -> LoadedFaceModel:
+    """Load the inference modules of any accepted layout (module docstring), strictly.
+
+    Args:
+        path: the checkpoint.
+        arch: backbone to build; None reads it from the metadata or infers it from the weights.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        CheckpointError: if the file is unreadable or unsafe, has an unknown layout, or its weights do not fit.
+    """
+    source = os.fspath(path)
+    checkpoint = read_checkpoint(source)
+    state = checkpoint.get("state_dict") if isinstance(checkpoint.get("state_dict"), Mapping) else checkpoint
+    prefix = _face_model_prefix(state)
+    if prefix is None:
+        return _load_backbone_only(checkpoint, state, source, arch)
+    weights = {k: v for k, v in extract_prefixed(state, prefix).items()
+               if k.startswith(("backbone.", "occlusion_head.", "qaconv."))}
+    entry = checkpoint.get("oaml") if isinstance(checkpoint.get("oaml"), Mapping) else {}
+    inferred = infer_backbone_config(extract_prefixed(weights, "backbone."), source)
+    meta = CheckpointMeta.from_entry(entry, source, inferred)
+    model = build_face_model(arch or meta.arch, width=meta.width, input_size=meta.input_size)
+    hint = (f" The checkpoint was trained as {meta.arch} (width {meta.width:g}); --arch {arch} does not match it."
+            if arch and arch != meta.arch else "")
+    _load_strict(model, weights, f"{source}: the weights do not fit {arch or meta.arch} width "
+                                        f"{meta.width:g}.{hint}")
+    model.eval()
+    return LoadedFaceModel(model.backbone, model.occlusion_head, model.qaconv, replace(meta, arch=arch or meta.arch),
+                           "oaml" if entry else "face_model")
+
+
+def _load_backbone_only(checkpoint: Mapping[str, Any], state: Mapping[str, Any], source: str,
+                        arch: str | None) -> LoadedFaceModel:
+    weights = backbone_state_dict(checkpoint, source)
+    layout = "adaface_released" if "head.kernel" in state else "backbone"
+    if arch is None:
+        arch = infer_backbone_config(weights, source)["arch"]
+        logger.warning("%s records no architecture; inferred %s from the weights (pass --arch to override)", source,
+                       arch)
     try:
-        backbone.load_state_dict(state, strict=True)
-    except RuntimeError as exc:  # shape mismatches
-        raise CheckpointError(f"{source}: {exc}") from exc
+        backbone = load_backbone(weights, arch=arch)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: --arch {arch} does not fit the weights: {exc}") from exc
+    logger.warning("%s holds a backbone only (%s layout): channel order BGR assumed (released AdaFace convention); "
+                   "QAConv and the occlusion head are unavailable", source, layout)
+    meta = CheckpointMeta(arch, float(backbone.width), backbone.input_size, ChannelOrder.BGR, "unavailable")
+    return LoadedFaceModel(backbone.eval(), None, None, meta, layout)

@@ -346,7 +346,8 @@ def pairs_to_bin(aligned_dir: str | os.PathLike[str], pairs_txt: str | os.PathLi
     """Write a verification ``.bin`` from an aligned folder and an LFW-format pairs file.
 
     Image ``n`` of ``name`` is ``aligned_dir/name/name_%04d`` with the first suffix of
-    :data:`oaml.data.images.IMAGE_EXTENSIONS` that exists. Image bytes are stored as they are on disk; every image must decode to 112 x 112.
+    :data:`oaml.data.images.IMAGE_EXTENSIONS` that exists. Image bytes are stored as they are on disk; every image
+    must decode to 112 x 112.
 
     Args:
         aligned_dir: folder of aligned faces, one sub-folder per identity.

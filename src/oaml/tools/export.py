@@ -337,7 +337,7 @@ def export_model(checkpoint: str | os.PathLike[str], output: str | os.PathLike[s
     """Export a checkpoint (ours or released AdaFace) for inference outside oaml.
 
     Args:
-        checkpoint: the checkpoint (read by :func:`oaml.evaluation.loading.load_face_modules`).
+        checkpoint: the checkpoint (read by :func:`oaml.evaluation.api.load_model`).
         output: the file to write; QAConv sidecars go to ``output + ".qaconv.npz"`` / ``".qaconv.json"``.
         fmt: ``"onnx"`` or ``"torchscript"``.
         arch: override the architecture read from the checkpoint.
@@ -354,7 +354,7 @@ def export_model(checkpoint: str | os.PathLike[str], output: str | os.PathLike[s
         ImportError: naming the ``onnx`` extra when onnx/onnxruntime are missing.
         OamlError: if the parity check fails (the exported file is kept for inspection).
     """
-    from oaml.evaluation.loading import load_face_modules
+    from oaml.evaluation.api import load_model
 
     if fmt not in ("onnx", "torchscript"):
         raise ConfigError(f"format = {fmt!r} is invalid; expected 'onnx' or 'torchscript'")
@@ -362,7 +362,7 @@ def export_model(checkpoint: str | os.PathLike[str], output: str | os.PathLike[s
         for extra in ("onnx", "onnxruntime") if check else ("onnx",):
             if (sys.modules[extra] is None) if extra in sys.modules else importlib.util.find_spec(extra) is None:
                 raise ImportError(ONNX_HINT)
-    loaded = load_face_modules(checkpoint, arch=arch)
+    loaded = load_model(checkpoint, arch=arch)
     info, output = loaded.info, Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     module = _Inference(loaded.backbone, loaded.occlusion_head).eval()

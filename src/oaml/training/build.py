@@ -22,13 +22,16 @@ from oaml.data.datamodule import FaceDataModule
 from oaml.devices import check_gpu_count
 from oaml.fileio import cache_root, is_writable_dir
 from oaml.losses import CombinedLoss
-from oaml.models import ClassMemory, build_face_model, build_head
+from oaml.models import ClassMemory, FaceModel, build_face_model, build_head
+from oaml.models.checkpoint import CheckpointMeta
 from oaml.training.callbacks import BatchPreview, SignalCheckpoint, SkippedImagesSummary
 from oaml.training.checkpoint_io import AtomicCheckpointIO
 from oaml.training.monitor import LossCurves, OamlProgressBar, ThroughputMonitor
+from oaml.training.objective import TrainingObjective
 from oaml.training.system import OamlSystem, OptimSettings
 
-__all__ = ["build_datamodule", "build_loss", "build_system", "build_trainer", "val_check_interval"]
+__all__ = ["build_datamodule", "build_loss", "build_objective", "build_system", "build_trainer", "checkpoint_meta",
+           "val_check_interval"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +73,8 @@ def build_loss(config: OamlConfig) -> CombinedLoss:
                         loss.triplet_weight, loss.triplet_margin)
 
 
-def build_system(config: OamlConfig, num_classes: int, class_names: list[str] | None = None,
-                 val_set_names: list[str] | None = None) -> OamlSystem:
-    """Model, margin head, class memory and objective of ``config`` wrapped in an :class:`OamlSystem`."""
-    model = build_face_model(config.model.arch, config.model.width, config.data.input_size)
+def build_objective(config: OamlConfig, model: FaceModel, num_classes: int) -> TrainingObjective:
+    """The margin head, the class memory (when the class-memory loss is on) and the weighted losses of ``config``."""
     head = build_head(config.model.head, embedding_size=model.backbone.embedding_size, num_classes=num_classes,
                       m=config.model.m, h=config.model.h, s=config.model.s, t_alpha=config.model.t_alpha)
     loss = build_loss(config)
@@ -82,16 +83,31 @@ def build_system(config: OamlConfig, num_classes: int, class_names: list[str] | 
         qa = model.qaconv
         memory = ClassMemory(num_classes, qa.num_features, qa.height, qa.width, config.loss.k_nearest,
                              device="cpu" if config.loss.class_memory_on_cpu else None)
-    optim = OptimSettings(config.train.lr, config.train.momentum, config.train.weight_decay,
-                          config.train.lr_milestones, config.train.lr_gamma, config.train.warmup_epochs)
-    metadata = {"config": config.to_dict(), "class_names": list(class_names or []), "num_classes": num_classes,
-                "version": __version__}
-    return OamlSystem(model, head, loss, memory, optim, occlusion_aware=config.loss.occlusion_method == "scaling",
-                      occlusion_detach=config.loss.occlusion_detach,
-                      eval_weights=(config.eval.eval_adaface_weight, config.eval.eval_qaconv_weight),
-                      val_set_names=val_set_names or list(VAL_SET_NAMES),
-                      max_nonfinite_steps=config.train.max_nonfinite_steps,
-                      log_every_n_steps=config.train.log_every_n_steps, metadata=metadata)
+    return TrainingObjective(head, loss, memory, occlusion_aware=config.loss.occlusion_method == "scaling",
+                             occlusion_detach=config.loss.occlusion_detach)
+
+
+def build_system(config: OamlConfig, num_classes: int, class_names: list[str] | None = None,
+                 val_set_names: list[str] | None = None) -> OamlSystem:
+    """Model and objective of ``config`` wrapped in an :class:`OamlSystem`."""
+    model = build_face_model(config.model.arch, config.model.width, config.data.input_size)
+    objective = build_objective(config, model, num_classes)
+    train = config.train
+    optim = OptimSettings(train.lr, train.momentum, train.weight_decay, train.lr_milestones, train.lr_gamma,
+                          train.warmup_epochs)
+    return OamlSystem(model, objective, optim, eval_weights=(config.eval.eval_adaface_weight,
+                                                             config.eval.eval_qaconv_weight),
+                      val_set_names=val_set_names or list(VAL_SET_NAMES), max_nonfinite_steps=train.max_nonfinite_steps,
+                      log_every_n_steps=train.log_every_n_steps,
+                      metadata=checkpoint_meta(config, num_classes, class_names or []))
+
+
+def checkpoint_meta(config: OamlConfig, num_classes: int, class_names: list[str]) -> CheckpointMeta:
+    """The metadata every checkpoint of a run carries (:class:`~oaml.models.checkpoint.CheckpointMeta`)."""
+    return CheckpointMeta(arch=config.model.arch, width=config.model.width, input_size=config.data.input_size,
+                          channel_order=config.channel_order, occlusion_method=config.loss.occlusion_method,
+                          num_classes=num_classes, class_names=tuple(class_names), version=__version__,
+                          config=config.to_dict())
 
 
 def val_check_interval(epochs: int) -> float:

@@ -22,7 +22,7 @@ from typing import Any
 
 from oaml.config import OamlConfig, config_from_dict, field_index
 from oaml.errors import CheckpointError, ConfigError
-from oaml.models.checkpoint import read_checkpoint
+from oaml.models.checkpoint import read_meta
 
 __all__ = ["LOCKED_ON_RESUME", "check_resume", "check_resume_classes", "resume_config", "resume_folder", "saved_config"]
 
@@ -46,9 +46,8 @@ def saved_config(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         FileNotFoundError: if the file does not exist.
         CheckpointError: if it is not a readable checkpoint.
     """
-    meta = read_checkpoint(path, mmap=True).get("oaml")
-    config = meta.get("config") if isinstance(meta, Mapping) else None
-    return dict(config) if isinstance(config, Mapping) else None
+    meta = read_meta(path)
+    return None if meta is None or meta.config is None else dict(meta.config)
 
 
 def _merge(base: Mapping[str, Any], nested: Mapping[str, Any]) -> dict[str, Any]:

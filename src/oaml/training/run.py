@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from oaml.config import OamlConfig, config_from_dict, data_paths
@@ -23,16 +22,15 @@ from oaml.devices import check_gpu_count
 from oaml.errors import CheckpointError, ConfigError
 from oaml.evaluation.report import console_table
 from oaml.training.run_folder import create_run_folder
-from oaml.models import extract_prefixed
-from oaml.models.checkpoint import backbone_state_dict, read_checkpoint
+from oaml.models.checkpoint import read_meta
 from oaml.training.build import build_datamodule, build_system, build_trainer
 from oaml.training.callbacks import SignalCheckpoint
 from oaml.training.monitor import format_duration, run_log
 from oaml.training.resume import check_resume, check_resume_classes, resume_folder
 from oaml.training.system import OamlSystem
+from oaml.training.weights import checkpoint_classes, evaluation_config, load_start_weights
 
-__all__ = ["TrainingResult", "check_batches", "format_summary", "load_start_weights", "run_training",
-           "summary_table"]
+__all__ = ["TrainingResult", "check_batches", "format_summary", "run_training", "summary_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,43 +103,6 @@ def _experiment_dir(config: OamlConfig, resume_dir: Path | None = None) -> Path:
     return path
 
 
-def load_start_weights(system: OamlSystem, path: str | os.PathLike[str]) -> None:
-    """Initialise ``system`` from ``--start_from_model_statedict``.
-
-    Our checkpoints load strictly. A released AdaFace checkpoint (backbone under ``model.``, ``head.*``) loads
-    the backbone strictly and the head when its class count matches; the occlusion head and QAConv keep their
-    fresh initialisation, with a warning that lists them.
-
-    Raises:
-        CheckpointError: on an unknown layout or mismatching keys.
-    """
-    checkpoint = dict(read_checkpoint(path))
-    state = checkpoint.get("state_dict", checkpoint)
-    if any(key.startswith("model.backbone.") for key in state):
-        own = {k: v for k, v in state.items() if not k.startswith("class_memory.") or system.class_memory}
-        missing, unexpected = system.load_state_dict(own, strict=False)
-        missing = [k for k in missing if not k.startswith("class_memory.")]
-        if missing or unexpected:
-            raise CheckpointError(f"{path}: does not match this model; missing keys {missing[:10]} "
-                                  f"({len(missing)}), unexpected keys {unexpected[:10]} ({len(unexpected)})")
-        return
-    backbone_state = backbone_state_dict(checkpoint, str(path))
-    try:
-        system.model.backbone.load_state_dict(backbone_state, strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: backbone weights do not match --arch/--width: {error}") from None
-    head_state = extract_prefixed(state, "head.")
-    kernel = head_state.get("kernel")
-    if kernel is not None and kernel.shape == system.head.kernel.shape:
-        system.head.load_state_dict(head_state, strict=False)
-    else:
-        logger.warning("%s: head not loaded (%s); it starts fresh", path,
-                       "absent" if kernel is None else f"{tuple(kernel.shape)} vs {tuple(system.head.kernel.shape)}")
-    fresh = [f"model.occlusion_head.{n}" for n, _ in system.model.occlusion_head.named_parameters()] + \
-            [f"model.qaconv.{n}" for n, _ in system.model.qaconv.named_parameters()]
-    logger.warning("%s is a backbone-only checkpoint: initialised fresh: %s", path, ", ".join(fresh))
-
-
 def summary_table(metrics: dict[str, float], set_names: list[str]) -> str:
     """A console table of clean and masked accuracies per set and method."""
     rows = []
@@ -187,14 +148,13 @@ def _resume_checks(config: OamlConfig) -> tuple[Path | None, int | None]:
     """For ``--resume_from_checkpoint``: check the config against the checkpoint's; return its run folder and its
     class count."""
     path = config.system.resume_from_checkpoint
-    meta = read_checkpoint(path, mmap=True).get("oaml") or {}
-    if meta.get("config"):
-        check_resume(config, config_from_dict(meta["config"]), path)
+    meta = read_meta(path)
+    if meta is not None and meta.config is not None:
+        check_resume(config, config_from_dict(meta.config), path)
     folder = resume_folder(path)
     if folder is None:
         logger.warning("%s is not inside a run folder (<run>/checkpoints/); the resumed run gets a new folder", path)
-    classes = meta.get("num_classes")
-    return folder, int(classes) if isinstance(classes, int) else None
+    return folder, None if meta is None else meta.num_classes
 
 
 def _prepare(config: OamlConfig) -> tuple[FaceDataModule, list[str], Path | None]:
@@ -284,30 +244,15 @@ def _discard(experiment_dir: Path) -> None:
 
 def _evaluate_only(config: OamlConfig, datamodule: Any, experiment_dir: Path, set_names: list[str]) -> TrainingResult:
     path = config.system.start_from_model_statedict
-    checkpoint = dict(read_checkpoint(path))
-    config = _with_checkpoint_model(config, checkpoint.get("oaml", {}).get("config"))
-    num_classes = int(checkpoint.get("oaml", {}).get("num_classes", 0)) or _released_classes(checkpoint)
-    system = build_system(config, num_classes, checkpoint.get("oaml", {}).get("class_names"), set_names)
+    meta = read_meta(path)
+    config = evaluation_config(config, meta)
+    system = build_system(config, checkpoint_classes(path, meta), list(meta.class_names) if meta else None,
+                          set_names)
     load_start_weights(system, path)
     trainer = build_trainer(config, experiment_dir, monitor_validation=False)
     trainer.validate(system, datamodule=datamodule, verbose=False)
     return TrainingResult(experiment_dir, None, None, dict(system.val_metrics), set_names=set_names,
                           is_global_zero=trainer.is_global_zero)
-
-
-def _with_checkpoint_model(config: OamlConfig, saved: dict[str, Any] | None) -> OamlConfig:
-    """Our checkpoints carry their config: the model, the loss branches and the input convention come from it."""
-    if not saved:
-        return config
-    merged = config.to_dict()
-    merged["model"], merged["loss"] = saved["model"], saved["loss"]
-    merged["data"] |= {k: saved["data"][k] for k in ("channel_order", "input_size")}
-    return config_from_dict(merged)
-
-
-def _released_classes(checkpoint: dict[str, Any]) -> int:
-    kernel = checkpoint.get("state_dict", checkpoint).get("head.kernel")
-    return int(kernel.shape[1]) if isinstance(kernel, torch.Tensor) and kernel.dim() == 2 else 2
 
 
 def format_summary(result: TrainingResult) -> str:

@@ -1,9 +1,10 @@
 """``OamlSystem``: the LightningModule that trains a :class:`~oaml.models.FaceModel` (the seed's
 ``train_val.Trainer``).
 
-It receives built modules (STYLE §2.10-11) and owns only the training logic: the combined objective of
-SPEC §6, the class-memory updates and graph rebuilds of SPEC §5, the non-finite policy, the optimizer, and
-the verification protocol of SPEC §9 (shared by ``validate`` and ``test``, one code path).
+It receives built modules (STYLE §2.10-11): the model and the :class:`~oaml.training.objective.TrainingObjective`
+(margin head, class memory, losses). A training step reads: forward, objective, skip a non-finite loss (SPEC §6),
+update the class memory, log. Validation and test score pairs with :mod:`oaml.evaluation.scoring`, the path
+``oaml eval`` uses too (SPEC §9).
 """
 
 from __future__ import annotations
@@ -22,74 +23,62 @@ from torch import Tensor
 from oaml.data.batches import PairBatch, TrainBatch
 from oaml.errors import NonFiniteLossError
 from oaml.evaluation.scoring import PairScores, score_pair_batch, summarise_pairs
-from oaml.losses import CombinedLoss, nonfinite_components
-from oaml.models import ClassMemory, FaceModel, MarginHead, visibility_target
+from oaml.losses import nonfinite_components
+from oaml.models import FaceModel
+from oaml.models.checkpoint import CheckpointMeta, system_state_dict
+from oaml.training.objective import TrainingObjective
 from oaml.training.optim import build_sgd
 
 __all__ = ["OamlSystem", "OptimSettings"]
 
 logger = logging.getLogger(__name__)
 
-LOG_NAMES = {"total": "loss", "adaface": "adaface_loss", "pairwise": "pairwise_loss", "pairwise_acc": "pairwise_acc",
-             "cls": "cls_loss", "cls_acc": "cls_acc", "triplet": "triplet_loss", "triplet_acc": "triplet_acc",
-             "occlusion": "occlusion_loss"}
-"""Logged names of the parts of :class:`~oaml.losses.CombinedLoss`."""
 VAL_PREFIXES = ("", "masked_")  # dataloader 0: clean pairs; 1: masked second image (SPEC §9 masked protocol)
 
 
 @dataclass(frozen=True)
 class OptimSettings:
-    """SGD and schedule settings (see :func:`oaml.training.optim.build_sgd`)."""
+    """SGD and schedule settings (see :func:`oaml.training.optim.build_sgd`); the values come from the config."""
 
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    milestones: tuple[int, ...] = (8, 12, 14)
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
+    lr: float
+    momentum: float
+    weight_decay: float
+    milestones: tuple[int, ...]
+    gamma: float
+    warmup_epochs: float
 
 
 class OamlSystem(pl.LightningModule):
-    """Trains backbone, margin head, occlusion head and QAConv with the combined loss.
+    """Trains a :class:`~oaml.models.FaceModel` with a :class:`~oaml.training.objective.TrainingObjective`.
 
     Args:
         model: backbone + occlusion head + QAConv.
-        head: margin head (AdaFace, ArcFace or CosFace) over the training classes.
-        loss: the weighted objective; components with weight 0 are neither computed nor logged.
-        class_memory: per-class feature maps for the softmax-triplet loss (None when that loss is off).
+        objective: margin head, class memory and the weighted losses (SPEC §6).
         optim: optimizer and schedule settings.
-        occlusion_aware: weight QAConv by the predicted visibility maps ("scaling"), in training and validation.
-        occlusion_detach: in training, weight QAConv by detached maps, so that only the occlusion MSE trains the
-            occlusion head (otherwise the QAConv losses also push the maps, typically towards "all visible").
-        eval_weights: configured (AdaFace, QAConv) weights of the combined validation score.
+        eval_weights: configured (AdaFace, QAConv) weights of the combined validation score (SPEC §9, with the
+            seed's dynamic rule).
         val_set_names: names of the verification sets, in the order of their dataset indices.
         max_nonfinite_steps: abort after this many consecutive non-finite losses.
         log_every_n_steps: period of the occlusion-head weight-norm log.
-        metadata: stored in every checkpoint under ``"oaml"`` (config, class names, version).
+        metadata: stored in every checkpoint under ``"oaml"``.
     """
 
-    def __init__(self, model: FaceModel, head: MarginHead, loss: CombinedLoss, class_memory: ClassMemory | None,
-                 optim: OptimSettings = OptimSettings(), *, occlusion_aware: bool = True,
-                 occlusion_detach: bool = False,
-                 eval_weights: tuple[float, float] = (0.5, 0.5), val_set_names: Sequence[str] = (),
-                 max_nonfinite_steps: int = 10, log_every_n_steps: int = 50,
-                 metadata: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: FaceModel, objective: TrainingObjective, optim: OptimSettings, *,
+                 eval_weights: tuple[float, float], val_set_names: Sequence[str], max_nonfinite_steps: int,
+                 log_every_n_steps: int, metadata: CheckpointMeta) -> None:
         super().__init__()
-        if loss.uses_class_memory and class_memory is None:
-            raise ValueError("the softmax-triplet loss is enabled but no class memory was given")
-        self.model, self.head, self.loss, self.class_memory = model, head, loss, class_memory
-        self.optim, self.occlusion_aware, self.eval_weights = optim, occlusion_aware, eval_weights
-        self.occlusion_detach = occlusion_detach
+        self.model, self.objective, self.optim, self.eval_weights = model, objective, optim, eval_weights
         self.val_set_names = list(val_set_names)
         self.max_nonfinite_steps, self.log_every_n_steps = max_nonfinite_steps, log_every_n_steps
-        self.metadata = metadata or {}
+        self.metadata = metadata
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
         self.val_metrics: dict[str, float] = {}
         self._pair_scores: dict[int, list[PairScores]] = {}
-        if class_memory is not None:
+        if objective.class_memory is not None:
             # Every rank writes the same gathered samples, so DDP need not broadcast this (large) memory.
-            self._ddp_params_and_buffers_to_ignore = [f"class_memory.{n}" for n, _ in class_memory.named_buffers()]
+            self._ddp_params_and_buffers_to_ignore = [f"objective.class_memory.{n}"
+                                                      for n, _ in objective.class_memory.named_buffers()]
 
     def forward(self, images: Tensor) -> Tensor:
         """Unit embeddings (B x 512) of normalised faces; for inference only."""
@@ -97,34 +86,15 @@ class OamlSystem(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
-        if self.class_memory is not None:
-            self.class_memory.rebuild_graph()
+        self.objective.rebuild_graph()
 
     def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor | None:
-        images, labels, visibility = batch.images, batch.labels, batch.visibility
-        out = self.model(images)
-        occlusion = out.occlusion if self.occlusion_aware else None
-        if occlusion is not None and self.occlusion_detach:
-            occlusion = occlusion.detach()
-        inputs: dict[str, Tensor] = {}
-        if self.loss.uses_adaface:
-            inputs["adaface_logits"] = self.head(out.embedding, out.norm, labels)
-        if self.loss.uses_qaconv:
-            inputs["qaconv_score"] = self.model.qaconv(out.feature_map, out.feature_map, occlusion, occlusion)
-        if self.loss.uses_class_memory:
-            assert self.class_memory is not None  # checked in __init__
-            inputs["memory_logits"], inputs["memory_valid"] = self.class_memory.logits(
-                self.model.qaconv, out.feature_map, labels, occlusion)
-        if self.loss.uses_occlusion:
-            inputs["occlusion"] = out.occlusion
-            inputs["occlusion_target"] = visibility_target(visibility, out.occlusion.shape[-1])
-        total, parts = self.loss(labels, **inputs)
+        out = self.model(batch.images)
+        total, parts = self.objective(out, batch.labels, batch.visibility, self.model.qaconv)
         if self._skip_nonfinite(parts, batch_idx):
             return None
-        if self.class_memory is not None:
-            features, all_labels = self._gather_for_memory(out.feature_map.detach(), labels)
-            self.class_memory.update(features, all_labels)
-        self._log_training(parts, images.shape[0])
+        self.objective.update_memory(*self._gather_for_memory(out.feature_map.detach(), batch.labels))
+        self._log_training(parts, batch.images.shape[0])
         return total
 
     def _skip_nonfinite(self, parts: dict[str, Tensor], batch_idx: int) -> bool:
@@ -157,9 +127,9 @@ class OamlSystem(pl.LightningModule):
         return features, self.all_gather(labels).flatten(0, 1)
 
     def _log_training(self, parts: dict[str, Tensor], batch_size: int) -> None:
-        self.log_dict({f"train/{LOG_NAMES[k]}": v for k, v in parts.items()}, on_step=True, on_epoch=True,
+        self.log_dict({f"train/{name}": value for name, value in parts.items()}, on_step=True, on_epoch=True,
                       batch_size=batch_size)
-        self.log("loss", parts["total"], prog_bar=True, on_step=True, on_epoch=False, logger=False,
+        self.log("loss", parts["loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False,
                  batch_size=batch_size)
         if self.global_step % self.log_every_n_steps == 0:
             norm = torch.linalg.vector_norm(torch.cat([p.detach().flatten()
@@ -171,9 +141,9 @@ class OamlSystem(pl.LightningModule):
         self._pair_scores = {}
 
     def validation_step(self, batch: PairBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        qaconv = self.model.qaconv if self.loss.uses_qaconv else None
+        qaconv = self.model.qaconv if self.objective.uses_qaconv else None
         scores = score_pair_batch(self.model.backbone, self.model.occlusion_head, qaconv, batch.images, batch.issame,
-                                  batch.set_index, batch.global_index, self.occlusion_aware)
+                                  batch.set_index, batch.global_index, self.objective.occlusion_aware)
         self._pair_scores.setdefault(dataloader_idx, []).append(scores)
 
     def on_validation_epoch_end(self) -> None:
@@ -208,16 +178,17 @@ class OamlSystem(pl.LightningModule):
     # ------------------------------------------------------------------ optimizer and checkpoints
     def configure_optimizers(self) -> dict[str, Any]:
         steps = max(1, int(self.trainer.estimated_stepping_batches) // max(1, self.trainer.max_epochs or 1))
-        optimizer, scheduler = build_sgd([self.model, self.head], self.optim.lr, self.optim.momentum,
+        optimizer, scheduler = build_sgd([self.model, self.objective], self.optim.lr, self.optim.momentum,
                                          self.optim.weight_decay, steps, self.optim.milestones, self.optim.gamma,
                                          self.optim.warmup_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["oaml"] = self.metadata
+        checkpoint["oaml"] = self.metadata.to_dict()
         checkpoint["rng_states"] = _rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = system_state_dict(checkpoint)  # a format-1 checkpoint resumes too
         if "rng_states" in checkpoint:
             _restore_rng_states(checkpoint["rng_states"])
 
