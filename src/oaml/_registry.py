@@ -46,8 +46,8 @@ class Registry(Generic[T]):
         return self._factories[name](**kwargs)
 
     def names(self) -> list[str]:
-        """The registered names, sorted."""
-        return sorted(self._factories)
+        """The registered names, in registration order (ir_18 before ir_101)."""
+        return list(self._factories)
 
     def __contains__(self, name: object) -> bool:
         return name in self._factories

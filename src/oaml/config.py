@@ -13,6 +13,7 @@ CosFace(m). The defaults here are the AdaFace paper's m=0.4, h=0.333 (SPEC §3).
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,32 +25,39 @@ from oaml.constants import ChannelOrder
 from oaml.errors import ConfigError
 
 __all__ = [
-    "ARCHS",
     "AugmentConfig",
     "DataConfig",
     "EvalConfig",
-    "HEADS",
     "LossConfig",
     "ModelConfig",
     "OamlConfig",
     "SystemConfig",
     "TrainConfig",
-    "check_data_paths",
     "config_from_dict",
-    "data_paths",
+    "load_config_file",
     "load_yaml",
+    "packaged_configs",
     "parse_value",
+    "registered_names",
     "validate",
 ]
 
-ARCHS = ("ir_18", "ir_34", "ir_50", "ir_101", "ir_se_50")
-HEADS = ("adaface", "arcface", "cosface")
 OCCLUSION_METHODS = ("scaling", "none")
 _AUTO_WORKERS = 8  # beyond this the decoders of 112x112 JPEGs out-run any single device
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
+
+
+def registered_names(registry: str) -> list[str]:
+    """The names of ``oaml.models.BACKBONES`` (``"backbone"``) or ``oaml.models.HEADS`` (``"head"``).
+
+    The registries are the one list of these names; reading them imports the model code (and torch).
+    """
+    from oaml.models import BACKBONES, HEADS
+
+    return {"backbone": BACKBONES, "head": HEADS}[registry].names()
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -133,19 +141,21 @@ class TrainConfig:
 class ModelConfig:
     """Backbone and margin head (SPEC §2, §3)."""
 
-    arch: str = _opt("ir_50", "backbone: " + ", ".join(ARCHS))
+    arch: str = _opt("ir_50", "backbone", registry="backbone")
     width: float = _opt(1.0, "channel width multiplier of the IR family (e.g. 0.125 for CPU tests)")
-    head: str = _opt("adaface", "margin head: " + ", ".join(HEADS))
-    m: float = _opt(0.4, "margin (AdaFace paper: 0.4; m=0.5 with h=0 is CosFace)")
+    head: str = _opt("adaface", "margin head", registry="head")
+    m: float | None = _opt(None, "margin; unset: the head's paper value (adaface 0.4, arcface 0.5, cosface 0.4; "
+                           "oaml.models.PAPER_MARGINS)")
     h: float = _opt(0.333, "AdaFace feature-norm concentration (h=0 makes AdaFace a CosFace)")
     s: float = _opt(64.0, "logit scale")
     t_alpha: float = _opt(0.01, "AdaFace EMA momentum of the feature-norm statistics")
 
     def __post_init__(self) -> None:
-        _require(self.arch in ARCHS, "arch", self.arch, "choose one of " + ", ".join(ARCHS))
-        _require(self.head in HEADS, "head", self.head, "choose one of " + ", ".join(HEADS))
+        for key in ("arch", "head"):
+            names = registered_names(self.__dataclass_fields__[key].metadata["registry"])
+            _require(getattr(self, key) in names, key, getattr(self, key), "choose one of " + ", ".join(names))
         _require(0.0625 <= self.width <= 4.0, "width", self.width, "expected a multiplier in [0.0625, 4]")
-        _require(self.m >= 0, "m", self.m, "expected a margin >= 0")
+        _require(self.m is None or self.m >= 0, "m", self.m, "expected a margin >= 0")
         _require(self.h >= 0, "h", self.h, "expected h >= 0")
         _require(self.s > 0, "s", self.s, "expected a positive scale")
         _require(0 < self.t_alpha <= 1, "t_alpha", self.t_alpha, "expected a number in (0, 1]")
@@ -329,6 +339,8 @@ def parse_value(key: str, raw: Any, kind: Any) -> Any:
             if text in ("0", "false", "no", "off"):
                 return False
             raise ValueError
+        if kind == (float | None):
+            return None if raw is None or str(raw).strip().lower() in ("", "none", "null") else float(raw)
         if kind == tuple[int, ...]:
             if isinstance(raw, (list, tuple)):
                 return tuple(int(v) for v in raw)
@@ -342,7 +354,8 @@ def parse_value(key: str, raw: Any, kind: Any) -> Any:
             return float(raw)
         return str(raw)
     except (TypeError, ValueError):
-        expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "comma-separated integers")
+        expected = {bool: "true or false", int: "an integer", float: "a number", float | None: "a number or none"
+                    }.get(kind, "comma-separated integers")
         raise ConfigError(f"--{key}: invalid value {raw!r}; expected {expected}") from None
 
 
@@ -378,6 +391,30 @@ def config_from_dict(nested: dict[str, Any] | None = None, flat: dict[str, Any] 
     return OamlConfig(**sections)
 
 
+def packaged_configs() -> list[str]:
+    """Names of the configurations shipped with oaml (``oaml/configs/<name>.yaml``)."""
+    folder = importlib.resources.files("oaml") / "configs"
+    return sorted(item.name.removesuffix(".yaml") for item in folder.iterdir() if item.name.endswith(".yaml"))
+
+
+def load_config_file(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A YAML configuration: a file path, or the name of a packaged configuration (``tiny_cpu``).
+
+    Raises:
+        ConfigError: if it is neither an existing file nor a packaged name (the message lists the names), or the
+            YAML is invalid.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return load_yaml(path)
+    name = path.name.removesuffix(".yaml")
+    if str(name_or_path).removesuffix(".yaml") == name and name in packaged_configs():
+        with importlib.resources.as_file(importlib.resources.files("oaml") / "configs" / f"{name}.yaml") as packaged:
+            return load_yaml(packaged)
+    raise ConfigError(f"--config: {name_or_path} is neither a file nor a packaged configuration; packaged: "
+                      f"{', '.join(packaged_configs())}")
+
+
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML config file into a nested dict.
 
@@ -407,33 +444,3 @@ def validate(config: OamlConfig) -> None:
     if config.train.batch_size % (k * world):
         raise ConfigError(f"--batch_size: invalid value {config.train.batch_size}; it must be divisible by "
                           f"instances_per_identity x devices = {k} x {world} = {k * world}")
-
-
-def data_paths(config: OamlConfig) -> tuple[Path, Path]:
-    """``(train path, validation folder)``: ``data_root`` joined with the two relative paths."""
-    root = Path(config.data.data_root)
-    return root / config.data.train_data_path, root / config.data.val_data_path
-
-
-def check_data_paths(config: OamlConfig) -> None:
-    """Check that the paths a run needs exist: the training data (unless ``--evaluate``), and for
-    ``--evaluate`` the validation folder.
-
-    Raises:
-        ConfigError: naming the flag and the missing path.
-    """
-    train_path, val_path = data_paths(config)
-    if config.system.evaluate:
-        if not val_path.is_dir():
-            raise ConfigError(f"--val_data_path: validation folder not found: {val_path} "
-                              f"(data_root={config.data.data_root!r})")
-        return
-    if not train_path.exists():
-        raise ConfigError(f"--train_data_path: training data not found: {train_path} "
-                          f"(data_root={config.data.data_root!r}); expected train.rec/train.idx or identity folders")
-    if config.data.use_mxrecord and train_path.suffix != ".rec" and not (train_path / "train.rec").is_file():
-        raise ConfigError(f"--use_mxrecord: no train.rec in {train_path}; drop the flag to read identity folders")
-    for flag, value in (("resume_from_checkpoint", config.system.resume_from_checkpoint),
-                        ("start_from_model_statedict", config.system.start_from_model_statedict)):
-        if value and not Path(value).is_file():
-            raise ConfigError(f"--{flag}: checkpoint not found: {value}")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from oaml.cli.main import build_parser, config_from_args, main
+from oaml.cli.config_args import config_from_args
+from oaml.cli.main import build_parser, main
 from oaml.config import OamlConfig, config_from_dict
 from oaml.errors import ConfigError
 
@@ -32,7 +33,7 @@ def test_defaults_are_the_documented_values() -> None:
     assert (c.train.momentum, c.train.weight_decay, c.train.seed, c.train.accumulate_grad_batches) == (
         0.9, 5e-4, 42, 1)
     assert (c.model.arch, c.model.width, c.model.head, c.model.m, c.model.h, c.model.s, c.model.t_alpha) == (
-        "ir_50", 1.0, "adaface", 0.4, 0.333, 64.0, 0.01)
+        "ir_50", 1.0, "adaface", None, 0.333, 64.0, 0.01)  # m None: the head's paper margin
     assert c.loss.k_nearest == 32
     assert (c.loss.adaface_loss_weight, c.loss.qaconv_loss_weight, c.loss.occlusion_loss_weight,
             c.loss.triplet_weight) == (0.1, 0.7, 0.3, 0.5)
@@ -176,7 +177,40 @@ def test_make_synthetic_prints_a_summary_line(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_study_writes_its_report_into_the_work_folder_by_default() -> None:
-    from oaml.study.runs import StudyOptions
+    from oaml.study.options import StudyOptions
 
     options = StudyOptions()
     assert options.output_dir == options.work_dir != "docs"  # the repository's docs change only when asked
+
+
+@pytest.mark.parametrize("head, margin", [("adaface", 0.4), ("arcface", 0.5), ("cosface", 0.4)])
+def test_each_head_trains_with_its_paper_margin_unless_m_is_given(head: str, margin: float) -> None:
+    from oaml.training.build import build_system
+
+    system = build_system(config_from_dict(flat={"arch": "ir_18", "width": 0.0625, "head": head}), num_classes=3)
+    assert system.objective.head.m == margin  # the seed gave every head AdaFace's 0.4
+    explicit = config_from_dict(flat={"arch": "ir_18", "width": 0.0625, "head": head, "m": "0.3"})
+    assert build_system(explicit, num_classes=3).objective.head.m == 0.3
+    assert config_from_dict(flat={"m": "none"}).model.m is None
+
+
+def test_arch_and_head_names_come_from_the_registries() -> None:
+    from oaml.models import BACKBONES, HEADS
+
+    for arch in BACKBONES.names():
+        assert config_from_dict(flat={"arch": arch}).model.arch == arch
+    for head in HEADS.names():
+        assert config_from_dict(flat={"head": head}).model.head == head
+    with pytest.raises(ConfigError, match="choose one of " + ", ".join(BACKBONES.names())):
+        config_from_dict(flat={"arch": "ir_1000"})
+
+
+@pytest.mark.parametrize("name", ["tiny_cpu", "ir50_adaface_qaconv"])
+def test_packaged_configs_load_by_name(name: str) -> None:
+    from oaml.config import load_config_file, packaged_configs
+
+    assert name in packaged_configs()
+    config = config_from_dict(load_config_file(name))
+    assert config.model.arch in ("ir_18", "ir_50")
+    with pytest.raises(ConfigError, match="neither a file nor a packaged configuration; packaged: "):
+        load_config_file("no_such_recipe")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from eval_helpers import write_face_folder
-from oaml.cli.eval_commands import add_embed_arguments, embed_command
+from oaml.cli.main import main
 from oaml.errors import DataError
 from oaml.evaluation.api import load_model
 from oaml.evaluation.embed import MaskedImages, embed_folder, extract_features
@@ -56,11 +55,8 @@ def test_embed_folder_writes_embeddings_index_and_maps(oaml_ckpt: Path, mixed_fo
 
 def test_embed_command_with_released_checkpoint(released_ckpt: Path, mixed_folder: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser()
-    add_embed_arguments(parser)
-    args = parser.parse_args(["--model-path", str(released_ckpt), "--data-path", str(mixed_folder), "--output-dir",
-                              str(tmp_path), "--save-maps", "--num-workers", "0", "--no-progress"])
-    assert embed_command(args) == 0
+    assert main(["embed", "--model-path", str(released_ckpt), "--data-path", str(mixed_folder), "--output-dir",
+                 str(tmp_path), "--save-maps", "--num-workers", "0", "--no-progress"]) == 0
     assert "embedded 7 images" in capsys.readouterr().out
     with np.load(tmp_path / "features.npz") as features:
         assert set(features.files) == {"feature_maps"}  # no occlusion head in the released layout

@@ -15,8 +15,7 @@ import pytest
 from PIL import Image
 
 from eval_helpers import write_face_folder
-from oaml.cli.eval_commands import eval_command
-from oaml.cli.main import build_parser
+from oaml.cli.main import main
 from oaml.errors import DataError
 from oaml.evaluation.api import load_model
 from oaml.evaluation.embed import extract_features
@@ -183,10 +182,9 @@ def test_all_pairs_scorers_equal_the_upper_triangle(oaml_ckpt: Path, face_folder
 
 def test_cli_eval_prints_the_table(oaml_ckpt: Path, face_folder: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    args = build_parser().parse_args(["eval", "--model-path", str(oaml_ckpt), "--data-path", str(face_folder),
-                                      "--output-dir", str(tmp_path), "--batch-size", "8", "--num-workers", "0",
-                                      "--adaface-weight", "0.8", "--qaconv-weight", "0.2"])
-    assert eval_command(args) == 0
+    assert main(["eval", "--model-path", str(oaml_ckpt), "--data-path", str(face_folder), "--output-dir",
+                 str(tmp_path), "--batch-size", "8", "--num-workers", "0", "--adaface-weight", "0.8",
+                 "--qaconv-weight", "0.2"]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"^combined\s+10\s+35\s", printed, re.MULTILINE)
     assert json.loads((tmp_path / "results.json").read_text())["fusion"]["weights"] == {"adaface": 0.8,

@@ -78,7 +78,7 @@ def test_layout_and_parameter_count(arch: str) -> None:
 
 
 def test_registry_names_and_unknown_arch() -> None:
-    assert BACKBONES.names() == ["ir_101", "ir_18", "ir_34", "ir_50", "ir_se_50"]
+    assert BACKBONES.names() == ["ir_18", "ir_34", "ir_50", "ir_101", "ir_se_50"]  # registration order
     with pytest.raises(ValueError, match="ir_18"):
         build_backbone("ir_1000")
 

@@ -7,7 +7,7 @@ import os
 import shlex
 from pathlib import Path
 
-from oaml.config import OamlConfig, config_from_dict
+from oaml.config import OamlConfig, config_from_dict, load_config_file
 from oaml.data.recordio import RecordReader, RecordWriter, pack_record, unpack_record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,11 +37,12 @@ EXPLOITS = {"os.system": SystemExploit, "builtins.exec": ExecExploit}
 
 
 def tiny_config(data_root: Path, train: str, out: Path, **flat: object) -> OamlConfig:
-    """A width-1/8 ir_18 run on ``data_root/train``: no validation, main-process loading, 1 epoch."""
-    base = {"data_root": str(data_root), "train_data_path": train, "val_data_path": "absent", "arch": "ir_18",
-            "width": 0.125, "batch_size": 8, "epochs": 1, "lr_milestones": "4", "k_nearest": 2, "num_workers": 0,
-            "output_dir": str(out), "log_every_n_steps": 1, "mask_prob": 0.0, "flip_prob": 0.0}
-    return config_from_dict(flat=base | flat)
+    """The packaged ``tiny_cpu`` recipe shrunk to this suite's 8 identities: batch 8, one epoch, no validation,
+    main-process loading, no augmentation."""
+    base = {"data_root": str(data_root), "train_data_path": train, "val_data_path": "absent", "batch_size": 8,
+            "epochs": 1, "lr_milestones": "4", "warmup_epochs": 0, "k_nearest": 2, "num_workers": 0,
+            "output_dir": str(out), "log_every_n_steps": 1, "mask_prob": 0.0, "flip_prob": 0.0, "prefix": "default"}
+    return config_from_dict(load_config_file("tiny_cpu"), base | flat)
 
 
 def replace_payload(rec_path: Path, key: int, payload: bytes) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from oaml.data.synthetic import make_synthetic
-from oaml.study.runs import METHODS, VARIANTS, StudyOptions, run_study
+from oaml.study.options import METHODS, VARIANTS, StudyOptions
+from oaml.study.runs import run_study
 
 pytestmark = pytest.mark.slow
 

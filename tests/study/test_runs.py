@@ -12,9 +12,10 @@ from oaml.cli.main import main
 from oaml.errors import ConfigError
 from oaml.evaluation.embed import MaskedImages
 from oaml.evaluation.eval_data import EvalImages
-from oaml.study.runs import (METHODS, StudyOptions, VARIANTS, occlusion_separation, read_loss_curves,
-                                         run_config, run_study, steps_per_epoch, true_mask_grids)
 from oaml.study.data import Identity, Split
+from oaml.study.options import METHODS, VARIANTS, StudyOptions
+from oaml.study.runs import (occlusion_separation, read_loss_curves, run_config, run_study, steps_per_epoch,
+                             true_mask_grids)
 from oaml.study.report import render_markdown
 from oaml.study.stats import aggregate
 

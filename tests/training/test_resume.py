@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from oaml.cli.main import build_parser, config_from_args
+from oaml.cli.config_args import config_from_args
+from oaml.cli.main import build_parser
 from oaml.config import OamlConfig, config_from_dict
 from oaml.errors import ConfigError
 from oaml.models.checkpoint import save_checkpoint

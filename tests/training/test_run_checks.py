@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from oaml.config import config_from_dict, load_yaml
+from oaml.config import config_from_dict, load_config_file
 from oaml.data.synthetic import make_synthetic
 from oaml.errors import ConfigError
 from oaml.training.run import run_training
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = load_yaml(ROOT / "configs" / "tiny_cpu.yaml")
+TINY = load_config_file("tiny_cpu")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_tensorboard_without_the_extra_is_a_clear_error(data: Path, tmp_path: Pa
 def test_console_prints_each_line_once_without_adverts(data: Path, tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("OAML_EXPERIMENT_DIR", None)
-    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(ROOT / "configs" / "tiny_cpu.yaml"),
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", "tiny_cpu",
                              "--data_root", str(data), "--train_data_path", "mine", "--val_data_path", "empty_dir",
                              "--epochs", "1", "--batch_size", "32", "--width", "0.0625", "--num_workers", "0",
                              "--output_dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600,

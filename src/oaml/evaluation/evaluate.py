@@ -2,9 +2,9 @@
 
 Pipeline: load the model (:func:`oaml.evaluation.api.load_model`), read the data (:mod:`oaml.evaluation.eval_data`),
 extract flip-fused embeddings and both views' feature/visibility maps (:mod:`oaml.evaluation.embed`), score every
-pair (:mod:`oaml.evaluation.scoring`, the path validation uses too) and turn the scores into metrics with the shared pure functions of
-:mod:`oaml.evaluation.verification` (ROC, AUC, EER, TAR@FAR; for pair lists and ``.bin`` also the 10-fold accuracy
-through the same ``ten_fold_accuracy``/``combined_ten_fold_accuracy`` that validation uses).
+pair (:mod:`oaml.evaluation.scoring`, the path validation uses too) and turn the scores into metrics with the
+shared pure functions of :mod:`oaml.evaluation.verification` (ROC, AUC, EER, TAR@FAR; for pair lists and ``.bin``
+also the 10-fold accuracy through the same ``fused_ten_fold`` that validation uses).
 
 Methods: ``adaface`` (cosine of flip-fused embeddings), ``qaconv`` (visibility-weighted QAConv, flip-averaged) and
 ``combined`` (label-free z-score fusion, see :data:`~oaml.evaluation.scoring.FUSION_NOTE`). QAConv and
@@ -24,7 +24,7 @@ import datetime as _dt
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,8 @@ from oaml.evaluation.eval_data import EvalSet, load_eval_set
 from oaml.evaluation.options import EvalOptions
 from oaml.evaluation.scoring import (FUSION_NOTE, BatchFeatures, cosine_paired, cosine_upper, fuse_label_free,
                                      fused_ten_fold, qaconv_paired, qaconv_upper, squared_distances)
-from oaml.evaluation.results import build_results, console_rows, method_rocs, write_plots, write_report
+from oaml.evaluation.results import (ProtocolScores, build_results, console_rows, method_rocs, write_plots,
+                                     write_report)
 from oaml.evaluation.verification import KFoldResult, Omitted, genuine_impostor_pairs, ten_fold_accuracy
 
 __all__ = ["EvalOptions", "EvalOutcome", "ProtocolScores", "evaluate", "score_protocol"]
@@ -46,23 +47,6 @@ __all__ = ["EvalOptions", "EvalOutcome", "ProtocolScores", "evaluate", "score_pr
 logger = logging.getLogger(__name__)
 
 _MIN_FOLD_PAIRS = 10
-
-
-@dataclass
-class ProtocolScores:
-    """Scores of one protocol (clean or masked) over the same pairs.
-
-    Attributes:
-        scores: Method name to N similarity scores.
-        issame: N ground-truth flags.
-        ten_fold: Method name to its 10-fold result or the reason it is omitted (empty in all-pairs mode).
-        fusion: Per-method mean/std/weight of the label-free fusion (empty without QAConv).
-    """
-
-    scores: dict[str, np.ndarray]
-    issame: np.ndarray
-    ten_fold: dict[str, KFoldResult | Omitted] = field(default_factory=dict)
-    fusion: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 import re
+from dataclasses import dataclass, field
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,9 +25,8 @@ from oaml.fileio import atomic_write
 if TYPE_CHECKING:
     from oaml.evaluation.api import FaceRecognizer
     from oaml.evaluation.eval_data import EvalSet
-    from oaml.evaluation.evaluate import ProtocolScores
 
-__all__ = ["build_results", "console_rows", "far_key", "method_rocs", "write_plots", "write_report"]
+__all__ = ["ProtocolScores", "build_results", "console_rows", "far_key", "method_rocs", "write_plots", "write_report"]
 
 SCORE_DESCRIPTIONS = {
     "adaface": "cosine similarity of flip-fused AdaFace embeddings normalise(n1 e1 + n2 e2)",
@@ -36,6 +36,23 @@ SCORE_DESCRIPTIONS = {
 _SHOW_MISSING = 20  # missing images named in report.md
 _MASK_SIDE = {"all_pairs": "probe i of every pair i < j (masked i vs clean j)",
               "pairs_file": "second image of every listed pair", "bin": "second image (2k + 1) of every pair"}
+
+
+@dataclass
+class ProtocolScores:
+    """Scores of one protocol (clean or masked) over the same pairs.
+
+    Attributes:
+        scores: Method name to N similarity scores.
+        issame: N ground-truth flags.
+        ten_fold: Method name to its 10-fold result or the reason it is omitted (empty in all-pairs mode).
+        fusion: Per-method mean/std/weight of the label-free fusion (empty without QAConv).
+    """
+
+    scores: dict[str, np.ndarray]
+    issame: np.ndarray
+    ten_fold: dict[str, KFoldResult | Omitted] = field(default_factory=dict)
+    fusion: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def far_key(far: float) -> str:

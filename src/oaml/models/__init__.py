@@ -9,7 +9,7 @@ from __future__ import annotations
 from oaml.models.checkpoint import extract_prefixed, load_backbone
 from oaml.models.class_memory import ClassMemory
 from oaml.models.face_model import FaceModel, FaceOutput, build_face_model
-from oaml.models.heads import HEADS, AdaFace, ArcFace, CosFace, MarginHead, build_head
+from oaml.models.heads import HEADS, PAPER_MARGINS, AdaFace, ArcFace, CosFace, MarginHead, build_head
 from oaml.models.iresnet import BACKBONES, BackboneOutput, IResNet, build_backbone
 from oaml.models.occlusion import OcclusionHead, visibility_target
 from oaml.models.qaconv import QAConv
@@ -17,6 +17,7 @@ from oaml.models.qaconv import QAConv
 __all__ = [
     "BACKBONES",
     "HEADS",
+    "PAPER_MARGINS",
     "AdaFace",
     "ArcFace",
     "BackboneOutput",

@@ -20,10 +20,13 @@ from torch.nn import functional as F
 
 from oaml._registry import Registry
 
-__all__ = ["HEADS", "AdaFace", "ArcFace", "CosFace", "MarginHead", "build_head"]
+__all__ = ["HEADS", "PAPER_MARGINS", "AdaFace", "ArcFace", "CosFace", "MarginHead", "build_head"]
 
 HEADS: Registry[MarginHead] = Registry("head")
 """Margin-head factories by name; read through :func:`build_head`."""
+
+PAPER_MARGINS: dict[str, float] = {"adaface": 0.4, "arcface": 0.5, "cosface": 0.4}
+"""Each head's margin m from its paper (SPEC §3): what ``build_head`` uses when no margin is given."""
 
 
 def _true_class_mask(logits: Tensor, labels: Tensor) -> Tensor:
@@ -195,21 +198,22 @@ class CosFace(MarginHead):
 def _adaface(
     embedding_size: int, num_classes: int, m: float | None, h: float, s: float, t_alpha: float
 ) -> MarginHead:
-    return AdaFace(embedding_size, num_classes, m=0.4 if m is None else m, h=h, s=s, t_alpha=t_alpha)
+    return AdaFace(embedding_size, num_classes, m=PAPER_MARGINS["adaface"] if m is None else m, h=h, s=s,
+                   t_alpha=t_alpha)
 
 
 @HEADS.register("arcface")
 def _arcface(
     embedding_size: int, num_classes: int, m: float | None, h: float, s: float, t_alpha: float
 ) -> MarginHead:
-    return ArcFace(embedding_size, num_classes, m=0.5 if m is None else m, s=s)
+    return ArcFace(embedding_size, num_classes, m=PAPER_MARGINS["arcface"] if m is None else m, s=s)
 
 
 @HEADS.register("cosface")
 def _cosface(
     embedding_size: int, num_classes: int, m: float | None, h: float, s: float, t_alpha: float
 ) -> MarginHead:
-    return CosFace(embedding_size, num_classes, m=0.4 if m is None else m, s=s)
+    return CosFace(embedding_size, num_classes, m=PAPER_MARGINS["cosface"] if m is None else m, s=s)
 
 
 def build_head(
@@ -227,7 +231,7 @@ def build_head(
         name: ``adaface``, ``arcface`` or ``cosface``.
         embedding_size: size of the unit embeddings (512).
         num_classes: number of identities.
-        m: margin; None picks the head's default (adaface 0.4, arcface 0.5, cosface 0.4).
+        m: margin; None picks the head's paper value (:data:`PAPER_MARGINS`).
         h: AdaFace margin concentration (ignored by the others).
         s: logit scale.
         t_alpha: AdaFace EMA momentum (ignored by the others).

@@ -17,12 +17,12 @@ import numpy as np
 
 from oaml.data.masks import seeded_mask
 from oaml.evaluation.report import new_figure, save_figure
+from oaml.training.objective import LOSS_NAMES
 
 __all__ = ["plot_loss_curves", "plot_mean_maps", "plot_occlusion_overlay"]
 
 _DPI = 110
 _CMAP = "RdYlGn"  # red = occluded (0), green = visible (1)
-_LOSSES = ("loss", "adaface_loss", "pairwise_loss", "cls_loss", "triplet_loss", "occlusion_loss")
 
 
 def _figure(rows: int, cols: int, size: tuple[float, float]) -> tuple[Any, np.ndarray]:
@@ -83,7 +83,7 @@ def plot_mean_maps(maps: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
 
 def plot_loss_curves(curves: Mapping[str, Sequence[Mapping[str, Sequence[float]]]], path: Path) -> Path:
     """One panel per loss; per variant the mean over its runs of the per-epoch value."""
-    names = [n for n in _LOSSES if any(n in c for runs in curves.values() for c in runs)]
+    names = [n for n in LOSS_NAMES if any(n in c for runs in curves.values() for c in runs)]
     fig, axes = _figure(1, len(names), (3.0 * len(names), 2.6))
     for ax, name in zip(axes[0], names):
         for index, (key, runs) in enumerate(curves.items()):

@@ -17,10 +17,11 @@ from typing import Any
 
 from oaml import __version__
 from oaml.evaluation.report import write_json
+from oaml.fileio import atomic_write
 from oaml.study.data import Identity
 from oaml.study.figures import plot_loss_curves, plot_mean_maps, plot_occlusion_overlay
+from oaml.study.options import METHODS, PROTOCOLS, VARIANTS, threads_per_run
 from oaml.study.stats import aggregate, verdict
-from oaml.fileio import atomic_write
 
 __all__ = ["OVERLAY_NAME", "render_markdown", "write_study"]
 
@@ -33,7 +34,7 @@ _METHOD_TITLES = {"adaface": "AdaFace", "qaconv": "QAConv", "combined": "combine
 
 _CHOICES = [
     "## How the settings were chosen", "",
-    "Nothing was tuned on held-out identities. The recipe is the demo's (`configs/tiny_cpu.yaml`: width-0.125 "
+    "Nothing was tuned on held-out identities. The recipe is the demo's (the packaged `tiny_cpu` configuration: width-0.125 "
     "ir_18, batch 64, lr 0.1, the loss weights of the SPEC); AdaFace alone keeps its own loss weight 1. The number "
     "of epochs was set from the wall time of timing runs of (a), (d) and (e) on another identity split (seed 99) so "
     "that the study fits in 45 minutes on two cores. Those runs showed the occlusion head of (d) saturating at 1 "
@@ -296,7 +297,6 @@ def _setup(options: Any, roots: Sequence[Path], identities: Sequence[Identity], 
                            "test_per_dataset": ", ".join(f"{d} {n}" for d, n in per.items()),
                            "genuine": pairs.num_genuine, "impostor": pairs.num_impostor,
                            "test_keys": [i.key for i in split.test]})
-    from oaml.study.runs import threads_per_run
 
     steps_per_epoch = min(entry["steps_per_epoch"] for entry in splits)
     return {"command": command, "version": __version__, "date": _dt.date.today().isoformat(),
@@ -309,7 +309,6 @@ def _setup(options: Any, roots: Sequence[Path], identities: Sequence[Identity], 
 def write_study(options: Any, roots: Sequence[Path], identities: Sequence[Identity], splits: Sequence[dict[str, Any]],
                 results: Sequence[dict[str, Any]], wall_s: float, command: str) -> dict[str, Path]:
     """Write ``results.json``, ``results.md`` and the figures into ``options.output_dir``; returns them by name."""
-    from oaml.study.runs import METHODS, PROTOCOLS, VARIANTS
 
     out = Path(options.output_dir)
     figures_dir = out / "figures"

@@ -1,6 +1,6 @@
 """``oaml study``: does occlusion-aware training help on masked real faces? A CPU-scale, reproducible ablation.
 
-``python -m oaml.study.runs`` runs the same study. It
+``python -m oaml.study`` runs the same study (the command line lives in :mod:`oaml.cli.study`). It
 
 1. reads aligned identity folders (by default those of ``../shared/data`` listed in
    :data:`~oaml.study.data.DEFAULT_DATASETS`) and splits them by identity, per dataset, into training
@@ -22,137 +22,30 @@ Nothing is tuned on the held-out identities: every setting is fixed before the s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import dataclasses
 import logging
 import multiprocessing
 import os
-import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from oaml.config import LossConfig
-from oaml.errors import ConfigError, DataError, OamlError
+from oaml.errors import ConfigError, DataError
 from oaml.study.data import (HeldOutPairs, Split, default_roots, discover_identities, held_out_pairs,
-                                         link_train_folder, split_identities)
+                             link_train_folder, split_identities)
+from oaml.study.options import IMAGES_PER_IDENTITY, FAR, METHODS, VARIANTS, StudyOptions, Variant, threads_per_run
+from oaml.study.report import write_study
 
-__all__ = ["FAR", "METHODS", "StudyOptions", "VARIANTS", "Variant", "add_study_arguments", "main",
-           "occlusion_separation", "options_from_args", "run_config", "run_study", "steps_per_epoch",
-           "threads_per_run"]
+__all__ = ["occlusion_separation", "run_config", "run_study", "steps_per_epoch"]
 
 logger = logging.getLogger(__name__)
-
-FAR = 1e-2
-"""The FAR of the reported TAR."""
-
-METHODS = ("adaface", "qaconv", "combined")
-PROTOCOLS = ("clean", "masked")
-_K = LossConfig().instances_per_identity  # images per identity in a PK batch (the study does not change it)
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """One training configuration of the ablation: flat config overrides on top of the study's settings."""
-
-    key: str
-    title: str
-    overrides: dict[str, Any]
-
-    @property
-    def trains_occlusion(self) -> bool:
-        return self.overrides.get("occlusion_loss_weight", 1.0) > 0
-
-
-_NO_OCCLUSION = {"occlusion_loss_weight": 0.0, "occlusion_method": "none"}
-VARIANTS: dict[str, Variant] = {v.key: v for v in (
-    # AdaFace alone is trained with its own loss weight 1 (its original recipe): with the full objective's 0.1 and
-    # the same learning rate the baseline would take ten times smaller steps.
-    Variant("a", "AdaFace only", {"adaface_loss_weight": 1.0, "qaconv_loss_weight": 0.0, **_NO_OCCLUSION,
-                                  "mask_prob": 0.0}),
-    Variant("b", "AdaFace + synthetic masks", {"adaface_loss_weight": 1.0, "qaconv_loss_weight": 0.0,
-                                               **_NO_OCCLUSION}),
-    Variant("c", "+ QAConv losses", dict(_NO_OCCLUSION)),
-    Variant("d", "full: + occlusion head, occlusion-weighted QAConv", {}),
-    Variant("e", "full, maps detached in QAConv", {"occlusion_detach": True}),
-)}
-"""(a) AdaFace only; (b) + synthetic masks (p 0.5); (c) + QAConv pairwise/triplet/class-memory losses (default
-weights 0.1 AdaFace, 0.7 QAConv); (d) + occlusion-head MSE (0.3) with the predicted maps weighting QAConv; (e) (d)
-with the maps detached where they weight QAConv, so that only the MSE trains the occlusion head."""
-
-
-@dataclasses.dataclass(frozen=True)
-class StudyOptions:
-    """Settings of one study (the flags of ``oaml study``); every run uses all of them.
-
-    Attributes:
-        roots: Aligned identity folders; empty means :func:`~oaml.study.data.default_roots`.
-        seeds: Training seeds (initialisation, sampling, augmentation).
-        splits: Identity-split seeds; the held-out pairs depend on the split only.
-        variants: Keys of :data:`VARIANTS` to train.
-        test_fraction: Fraction of every dataset's identities held out.
-        arch: Backbone.
-        width: Width multiplier of the backbone.
-        epochs: Training epochs (a PK epoch shows every training identity once, K images each).
-        batch_size: P x K training batch.
-        lr: Peak SGD learning rate (warm-up over the first 5% of the epochs, x0.1 at 5/8 and 7/8 of them).
-        mask_seed: Seed of the deterministic masks on the held-out probes.
-        jobs: Runs trained side by side.
-        output_dir: Where ``results.md``, ``results.json`` and ``figures/`` go: the work folder by default;
-            ``--output-dir docs`` regenerates the repository's ``docs/results.md``.
-        work_dir: Where the runs go.
-    """
-
-    roots: tuple[str, ...] = ()
-    seeds: tuple[int, ...] = (0, 1, 2)
-    splits: tuple[int, ...] = (0,)
-    variants: tuple[str, ...] = tuple(VARIANTS)
-    test_fraction: float = 0.3
-    arch: str = "ir_18"
-    width: float = 0.125
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 0.1
-    mask_seed: int = 0
-    jobs: int = 2
-    output_dir: str = "experiments/study"
-    work_dir: str = "experiments/study"
-
-    def __post_init__(self) -> None:
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        checks = [("--variants", self.variants, not unknown and len(set(self.variants)) == len(self.variants)
-                   and bool(self.variants), f"choose distinct keys of {', '.join(VARIANTS)}"),
-                  ("--seeds", self.seeds, bool(self.seeds) and len(set(self.seeds)) == len(self.seeds),
-                   "expected distinct integers"),
-                  ("--splits", self.splits, bool(self.splits) and len(set(self.splits)) == len(self.splits),
-                   "expected distinct integers"),
-                  ("--epochs", self.epochs, self.epochs >= 1, "expected >= 1"),
-                  ("--batch-size", self.batch_size, self.batch_size >= _K and self.batch_size % _K == 0,
-                   f"expected a positive multiple of {_K} (images per identity)"),
-                  ("--jobs", self.jobs, self.jobs >= 1, "expected >= 1")]
-        for flag, value, ok, expected in checks:
-            if not ok:
-                raise ConfigError(f"{flag}: {value!r} is invalid; {expected}")
-
-    def command(self) -> str:
-        """The ``oaml study`` command line that reproduces these options (flags only where not the default)."""
-        words = ["oaml", "study", *self.roots]
-        default = StudyOptions()
-        for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
-            if item.name == "roots" or value == getattr(default, item.name):
-                continue
-            values = value if isinstance(value, tuple) else (value,)
-            words += [f"--{item.name.replace('_', '-')}", *map(str, values)]
-        return shlex.join(words)
-
 
 @dataclasses.dataclass(frozen=True)
 class RunTask:
@@ -172,25 +65,22 @@ class RunTask:
 
 def run_config(options: StudyOptions, variant: Variant, seed: int, train_dir: Path, run_dir: Path,
                num_train_identities: int) -> Any:
-    """The :class:`~oaml.config.OamlConfig` of one run: the study's settings plus the variant's overrides.
+    """The :class:`~oaml.config.OamlConfig` of one run: the packaged ``tiny_cpu`` recipe with the study's settings,
+    then the variant's overrides.
 
     There is no validation set: the held-out identities are scored only once, after training, with the last
     weights (choosing a checkpoint on them would tune on the test identities).
     """
-    from oaml.config import config_from_dict, validate
+    from oaml.config import config_from_dict, load_config_file, validate
 
     epochs = options.epochs
-    nested = {
-        "data": {"data_root": str(train_dir.parent), "train_data_path": train_dir.name,
-                 "val_data_path": "no_validation"},
-        "train": {"epochs": epochs, "batch_size": options.batch_size, "lr": options.lr, "seed": seed,
-                  "lr_milestones": [max(1, epochs * 5 // 8), max(2, epochs * 7 // 8)],
-                  "warmup_epochs": max(1.0, epochs / 20), "log_every_n_steps": 10},
-        "model": {"arch": options.arch, "width": options.width},
-        "loss": {"k_nearest": min(16, num_train_identities - 1)},
-        "system": {"use_16bit": False, "num_workers": 0, "prefix": variant.key, "output_dir": str(run_dir)},
-    }
-    config = config_from_dict(nested, dict(variant.overrides))
+    study = {"data_root": str(train_dir.parent), "train_data_path": train_dir.name, "val_data_path": "no_validation",
+             "epochs": epochs, "batch_size": options.batch_size, "lr": options.lr, "seed": seed,
+             "lr_milestones": [max(1, epochs * 5 // 8), max(2, epochs * 7 // 8)],
+             "warmup_epochs": max(1.0, epochs / 20), "arch": options.arch, "width": options.width,
+             "k_nearest": min(16, num_train_identities - 1), "num_workers": 0, "prefix": variant.key,
+             "output_dir": str(run_dir)}
+    config = config_from_dict(load_config_file("tiny_cpu"), study | dict(variant.overrides))
     validate(config)
     return config
 
@@ -341,17 +231,12 @@ def _figure_rows(pairs: HeldOutPairs, count: int = 6) -> tuple[int, ...]:
     return tuple(int(firsts[k]) for k in np.unique(picks))
 
 
-def threads_per_run(jobs: int) -> int:
-    """Torch threads of each of ``jobs`` runs trained side by side: the cores shared out, at least one."""
-    return max(1, (os.cpu_count() or 1) // jobs)
-
-
 def steps_per_epoch(split: Split, batch_size: int) -> int:
     """Optimizer steps of one PK epoch on the split's training identities (what the training sampler yields)."""
     from oaml.data.samplers import PKSampler
 
     labels = np.repeat(np.arange(len(split.train)), [len(identity.images) for identity in split.train])
-    return len(PKSampler(labels, batch_size, _K))
+    return len(PKSampler(labels, batch_size, IMAGES_PER_IDENTITY))
 
 
 def _execute(tasks: list[RunTask], jobs: int) -> list[dict[str, Any]]:
@@ -388,8 +273,6 @@ def run_study(options: StudyOptions) -> dict[str, Path]:
         ConfigError: On a split without enough identities.
         RuntimeError: If a run fails (the message names its log).
     """
-    from oaml.study.report import write_study
-
     start = time.perf_counter()
     roots = [Path(r) for r in options.roots] or default_roots()
     if not roots:
@@ -407,7 +290,7 @@ def run_study(options: StudyOptions) -> dict[str, Path]:
                             f"(add identities with more images or raise --test-fraction)")
         steps = steps_per_epoch(split, options.batch_size)
         if steps == 0:
-            raise ConfigError(f"--batch-size: {options.batch_size} takes {options.batch_size // _K} identities per "
+            raise ConfigError(f"--batch-size: {options.batch_size} takes {options.batch_size // IMAGES_PER_IDENTITY} identities per "
                               f"batch, but split {split_seed} trains on {len(split.train)}; lower --batch-size")
         train_dir = link_train_folder(split.train, work / f"split{split_seed}" / "train")
         splits.append({"split": split, "pairs": pairs, "steps_per_epoch": steps})
@@ -422,54 +305,3 @@ def run_study(options: StudyOptions) -> dict[str, Path]:
     results = _execute(tasks, options.jobs)
     return write_study(options, roots, identities, splits, results, time.perf_counter() - start,
                        options.command())
-
-
-# ------------------------------------------------------------------------------------------------ command line
-def add_study_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``oaml study`` (also used by ``python -m oaml.study.runs``)."""
-    d = StudyOptions()
-    parser.add_argument("roots", nargs="*", help="aligned identity folders (default: the shared data sets present)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds), help="training seeds")
-    parser.add_argument("--splits", nargs="+", type=int, default=list(d.splits), help="identity-split seeds")
-    parser.add_argument("--variants", nargs="+", default=list(d.variants), choices=list(VARIANTS),
-                        help="configurations: a AdaFace, b +masks, c +QAConv, d full, e full with detached maps")
-    parser.add_argument("--test-fraction", type=float, default=d.test_fraction,
-                        help="fraction of each dataset's identities held out")
-    parser.add_argument("--arch", default=d.arch, help="backbone")
-    parser.add_argument("--width", type=float, default=d.width, help="backbone width multiplier")
-    parser.add_argument("--epochs", type=int, default=d.epochs, help="training epochs (PK: each identity once)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch (P x K, K = 4)")
-    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    parser.add_argument("--mask-seed", type=int, default=d.mask_seed, help="seed of the held-out probe masks")
-    parser.add_argument("--jobs", type=int, default=d.jobs, help="runs trained side by side")
-    parser.add_argument("--output-dir", default=d.output_dir, help="where results.md/.json and figures/ go (docs "
-                        "regenerates the repository's docs/results.md)")
-    parser.add_argument("--work-dir", default=d.work_dir, help="where the runs go")
-
-
-def options_from_args(args: argparse.Namespace) -> StudyOptions:
-    return StudyOptions(roots=tuple(args.roots), seeds=tuple(args.seeds), splits=tuple(args.splits),
-                        variants=tuple(args.variants), test_fraction=args.test_fraction, arch=args.arch,
-                        width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        mask_seed=args.mask_seed, jobs=args.jobs, output_dir=args.output_dir, work_dir=args.work_dir)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m oaml.study.runs``: the same as ``oaml study``."""
-    parser = argparse.ArgumentParser(prog="python -m oaml.study.runs", description=__doc__.split("\n")[0])
-    add_study_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
-        files = run_study(options_from_args(args))
-    except (OamlError, FileNotFoundError) as error:
-        print(f"oaml study: error: {error}", file=sys.stderr)
-        return 2
-    for name, path in files.items():
-        print(f"{name}: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.strategies import DDPStrategy
 
 from oaml import __version__
-from oaml.config import OamlConfig, data_paths
+from oaml.config import OamlConfig
+from oaml.errors import ConfigError
 from oaml.constants import VAL_SET_NAMES
 from oaml.data.datamodule import FaceDataModule
 from oaml.devices import check_gpu_count
@@ -30,10 +31,40 @@ from oaml.training.monitor import LossCurves, OamlProgressBar, ThroughputMonitor
 from oaml.training.objective import TrainingObjective
 from oaml.training.system import OamlSystem, OptimSettings
 
-__all__ = ["build_datamodule", "build_loss", "build_objective", "build_system", "build_trainer", "checkpoint_meta",
-           "val_check_interval"]
+__all__ = ["build_datamodule", "build_loss", "build_objective", "build_system", "build_trainer", "check_data_paths",
+           "checkpoint_meta", "data_paths", "val_check_interval"]
 
 logger = logging.getLogger(__name__)
+
+
+def data_paths(config: OamlConfig) -> tuple[Path, Path]:
+    """``(train path, validation folder)``: ``data_root`` joined with the two relative paths."""
+    root = Path(config.data.data_root)
+    return root / config.data.train_data_path, root / config.data.val_data_path
+
+
+def check_data_paths(config: OamlConfig) -> None:
+    """Check that the paths a run needs exist: the training data (unless ``--evaluate``), and for
+    ``--evaluate`` the validation folder.
+
+    Raises:
+        ConfigError: naming the flag and the missing path.
+    """
+    train_path, val_path = data_paths(config)
+    if config.system.evaluate:
+        if not val_path.is_dir():
+            raise ConfigError(f"--val_data_path: validation folder not found: {val_path} "
+                              f"(data_root={config.data.data_root!r})")
+        return
+    if not train_path.exists():
+        raise ConfigError(f"--train_data_path: training data not found: {train_path} "
+                          f"(data_root={config.data.data_root!r}); expected train.rec/train.idx or identity folders")
+    if config.data.use_mxrecord and train_path.suffix != ".rec" and not (train_path / "train.rec").is_file():
+        raise ConfigError(f"--use_mxrecord: no train.rec in {train_path}; drop the flag to read identity folders")
+    for flag, value in (("resume_from_checkpoint", config.system.resume_from_checkpoint),
+                        ("start_from_model_statedict", config.system.start_from_model_statedict)):
+        if value and not Path(value).is_file():
+            raise ConfigError(f"--{flag}: checkpoint not found: {value}")
 
 
 def _memfile_dir(val_path: Path) -> Path:

@@ -26,6 +26,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
+from oaml.training.objective import LOSS_NAMES
+
 __all__ = ["LOG_FORMAT", "LossCurves", "OamlProgressBar", "ThroughputMonitor", "format_duration", "plot_loss_curves",
            "quiet_lightning", "read_metrics", "run_log"]
 
@@ -33,8 +35,7 @@ logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _NOISE = ("litlogger", "isinstance(treespec, LeafSpec)", "Experiment logs directory")
-_LOSS_COLUMNS = ("train/loss_step", "train/adaface_loss_step", "train/pairwise_loss_step", "train/cls_loss_step",
-                 "train/triplet_loss_step", "train/occlusion_loss_step")
+_LOSS_COLUMNS = tuple(f"train/{name}_step" for name in LOSS_NAMES)
 
 
 def format_duration(seconds: float) -> str:

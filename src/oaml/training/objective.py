@@ -25,7 +25,7 @@ LOG_NAMES: dict[str, str] = {"total": "loss", "adaface": "adaface_loss", "pairwi
                              "triplet": "triplet_loss", "triplet_acc": "triplet_acc", "occlusion": "occlusion_loss"}
 """Logged name of each part of :class:`~oaml.losses.CombinedLoss` (``train/<name>`` in ``metrics.csv``)."""
 
-LOSS_NAMES: tuple[str, ...] = tuple(name for name in LOG_NAMES.values() if name.endswith("loss") or name == "loss")
+LOSS_NAMES: tuple[str, ...] = tuple(name for name in LOG_NAMES.values() if name.endswith("loss"))
 """The logged loss components (without the accuracies), total first."""
 
 

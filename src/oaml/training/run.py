@@ -14,7 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from oaml.config import OamlConfig, config_from_dict, data_paths
+from oaml.config import OamlConfig, config_from_dict
 from oaml.constants import VAL_SET_NAMES
 from oaml.data.datamodule import FaceDataModule
 from oaml.data.samplers import PKSampler
@@ -23,7 +23,7 @@ from oaml.errors import CheckpointError, ConfigError
 from oaml.evaluation.report import console_table
 from oaml.training.run_folder import create_run_folder
 from oaml.models.checkpoint import read_meta
-from oaml.training.build import build_datamodule, build_system, build_trainer
+from oaml.training.build import build_datamodule, build_system, build_trainer, data_paths
 from oaml.training.callbacks import SignalCheckpoint
 from oaml.training.monitor import format_duration, run_log
 from oaml.training.resume import check_resume, check_resume_classes, resume_folder

@@ -11,16 +11,21 @@ import argparse
 import logging
 import sys
 
-__all__ = [
-    "add_align_arguments",
-    "add_convert_arguments",
-    "add_export_arguments",
-    "align_command",
-    "convert_command",
-    "export_command",
-]
+__all__ = ["register"]
 
 log = logging.getLogger("oaml")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``convert``, ``export`` and ``align`` subcommands."""
+    for name, text, add_arguments, handler in (
+            ("convert", "convert datasets (folder <-> rec, bin -> memfile, pairs -> bin)", _add_convert_arguments,
+             convert_command),
+            ("export", "export a checkpoint to ONNX or TorchScript", _add_export_arguments, export_command),
+            ("align", "detect and align faces to the ArcFace 112x112 template", _add_align_arguments, align_command)):
+        parser = sub.add_parser(name, help=text, description=text)
+        add_arguments(parser)
+        parser.set_defaults(handler=handler)
 
 
 def _error(command: str, message: object) -> None:
@@ -28,7 +33,7 @@ def _error(command: str, message: object) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- align
-def add_align_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_align_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``oaml align`` arguments to ``parser``."""
     parser.add_argument("src", metavar="SRC", help="folder of photos: identity sub-folders (any depth) or flat")
     parser.add_argument("dst", metavar="DST", help="output folder; keeps SRC's folder structure and gets "
@@ -72,7 +77,7 @@ def align_command(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ export
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``oaml export`` arguments to ``parser``."""
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint: ours, or a released AdaFace .ckpt")
     parser.add_argument("--format", dest="fmt", choices=("onnx", "torchscript"), default="onnx",
@@ -124,7 +129,7 @@ def _add_write_flags(parser: argparse.ArgumentParser, overwrite: str, skip_bad: 
     parser.add_argument("--skip-bad", action="store_true", help=skip_bad)
 
 
-def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``oaml convert`` conversions (sub-subcommands) to ``parser``."""
     sub = parser.add_subparsers(dest="conversion", metavar="CONVERSION", required=True)
     rec = sub.add_parser("folder-to-rec", help="identity folders -> insightface train.rec/.idx/property")
