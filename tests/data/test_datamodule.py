@@ -11,11 +11,21 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from oaml.data.datamodule import FaceDataModule, seed_worker
+from oaml.constants import ChannelOrder
+from oaml.data.datamodule import FaceDataModule, TrainData, VerificationData, seed_worker
 from oaml.data.datasets import FolderDataset, RecordDataset
 from oaml.data.transforms import TrainTransform
 
 LABELS = [c for c in range(6) for _ in range(4 + c % 3)]
+
+
+def module_for(train: Path, val: Path | None = None, *, batch_size: int = 8, k: int = 4, seed: int = 42,
+               masked: bool = True) -> FaceDataModule:
+    """A main-process datamodule with a mask-only training transform and the given verification folder."""
+    data = TrainData(train, TrainTransform(mask_prob=0.5, flip_prob=0.5, seed=seed), batch_size, k, seed,
+                     max_bad_fraction=0.001)
+    sets = None if val is None else VerificationData(val, val, ChannelOrder.BGR, batch_size, masked, seed)
+    return FaceDataModule(data, sets, num_workers=0)
 
 
 @pytest.fixture
@@ -31,7 +41,7 @@ def data_dirs(tmp_path: Path, make_rec: Callable[..., Path], bin_writer: Callabl
 
 def test_prepare_setup_and_loaders(data_dirs: tuple[Path, Path]) -> None:
     train, val = data_dirs
-    module = FaceDataModule(train, val, batch_size=8, k=4, num_workers=0, seed=1)
+    module = module_for(train, val, seed=1)
     module.prepare_data()
     assert (val / "lfw.u8").is_file() and (val / "calfw.json").is_file()
     module.setup("fit")
@@ -56,7 +66,7 @@ def test_prepare_setup_and_loaders(data_dirs: tuple[Path, Path]) -> None:
 
 def test_folder_root_and_no_validation(make_folder: Callable[..., Path]) -> None:
     root = make_folder({"ann": 4, "bob": 5, "cid": 4, "dan": 6})
-    module = FaceDataModule(root, None, batch_size=8, k=4, num_workers=0, val_masked=False)
+    module = module_for(root, None, masked=False)
     module.prepare_data()
     assert isinstance(module._dataset(), FolderDataset) and module.class_names == ["ann", "bob", "cid", "dan"]
     assert module.val_dataloader() == []
@@ -67,7 +77,7 @@ def test_missing_bins_give_no_loaders(data_dirs: tuple[Path, Path], tmp_path: Pa
     train, _ = data_dirs
     empty = tmp_path / "empty"
     empty.mkdir()
-    module = FaceDataModule(train, empty, batch_size=8, num_workers=0)
+    module = module_for(train, empty)
     module.prepare_data()
     module.setup("validate")
     assert module.val_dataloader() == []
@@ -75,14 +85,14 @@ def test_missing_bins_give_no_loaders(data_dirs: tuple[Path, Path], tmp_path: Pa
 
 def test_resume_state_round_trip(data_dirs: tuple[Path, Path]) -> None:
     train, _ = data_dirs
-    big = FaceDataModule(train, batch_size=4, k=2, num_workers=0, seed=3)
+    big = module_for(train, batch_size=4, k=2, seed=3)
     loader = big.train_dataloader()
     reference = list(loader.batch_sampler)
     iterator = iter(loader.batch_sampler)
     next(iterator), next(iterator)
     state = big.state_dict()
     assert state["train_sampler"]["batches_yielded"] == 2
-    resumed = FaceDataModule(train, batch_size=4, k=2, num_workers=0, seed=3)
+    resumed = module_for(train, batch_size=4, k=2, seed=3)
     resumed.load_state_dict(state)
     assert list(resumed.train_dataloader().batch_sampler) == reference[2:]
 
@@ -157,7 +167,7 @@ def test_lightning_fit_and_mid_epoch_resume(data_dirs: tuple[Path, Path], tmp_pa
 
     train, val = data_dirs
     reference_model = _Recorder.build()
-    module = FaceDataModule(train, val, batch_size=8, k=4, num_workers=0)
+    module = module_for(train, val)
     trainer = _trainer(tmp_path / "full", max_epochs=2, enable_checkpointing=False)
     trainer.fit(reference_model, datamodule=module)
     assert trainer.global_step == 6 and module.train_sampler is not None and module.train_sampler.epoch == 1
@@ -167,10 +177,10 @@ def test_lightning_fit_and_mid_epoch_resume(data_dirs: tuple[Path, Path], tmp_pa
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
     first = _Recorder.build()
     _trainer(tmp_path / "a", max_steps=4, callbacks=[checkpoint]).fit(
-        first, datamodule=FaceDataModule(train, val, batch_size=8, k=4, num_workers=0))
+        first, datamodule=module_for(train, val))
     saved = sorted((tmp_path / "ckpt").glob("*step=4*.ckpt"))
     assert first.seen == reference_model.seen[:4] and len(saved) == 1
     resumed = _Recorder.build()
     _trainer(tmp_path / "b", max_epochs=2, enable_checkpointing=False).fit(
-        resumed, datamodule=FaceDataModule(train, val, batch_size=8, k=4, num_workers=0), ckpt_path=saved[0])
+        resumed, datamodule=module_for(train, val), ckpt_path=saved[0])
     assert resumed.seen == reference_model.seen[4:]  # the interrupted epoch continues where it stopped

@@ -85,7 +85,7 @@ def test_without_replacement_a_bad_image_raises_naming_it(synthetic: Path) -> No
 
 def test_max_bad_fraction_is_a_validated_config_field(synthetic: Path, tmp_path: Path) -> None:
     config = tiny_config(synthetic.parent, synthetic.name, tmp_path, max_bad_fraction=0.25)
-    assert build_datamodule(config).max_bad_fraction == 0.25
+    assert build_datamodule(config).train.max_bad_fraction == 0.25
     for bad in (-0.1, 1.5):
         with pytest.raises(ConfigError, match="max_bad_fraction"):
             config_from_dict(flat={"max_bad_fraction": bad})

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +37,9 @@ from oaml.constants import VAL_SET_NAMES, ChannelOrder
 from oaml.data.batches import collate_pairs, collate_train
 from oaml.data.datasets import FolderDataset, RecordDataset, resolve_record_path
 from oaml.data.samplers import PairShardSampler, PKSampler
-from oaml.data.transforms import TrainTransform
 from oaml.data.verification_sets import VerificationSets, convert_bin
 
-__all__ = ["FaceDataModule", "build_train_dataset", "seed_worker"]
+__all__ = ["FaceDataModule", "TrainData", "VerificationData", "build_train_dataset", "seed_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,116 +63,135 @@ def seed_worker(worker_id: int, rank: int = 0) -> None:
         transform.reseed([base, rank, worker_id])
 
 
-def build_train_dataset(train_path: str | os.PathLike[str], transform: Any = None,
-                        subset_index: str | os.PathLike[str] | None = None, resize: bool = False,
-                        replace_on_error: bool = True, max_bad_fraction: float = 0.001,
-                        cache_dir: str | os.PathLike[str] | None = None) -> RecordDataset | FolderDataset:
+@dataclass(frozen=True)
+class TrainData:
+    """What the training loader reads and how it batches.
+
+    Attributes:
+        path: a ``.rec`` file, a folder holding ``train.rec``/``train.idx``, or an identity-folder root.
+        transform: the built training transform (``uint8 BGR image -> (tensor, visibility)``).
+        batch_size: training batch size **per device** (P x K; the caller divides a global batch).
+        k: images per identity in a batch.
+        seed: seed of the sampler and of the main-process transform.
+        max_bad_fraction: abort when more than this fraction of the images is unreadable (at least one is allowed).
+        subset_index: file of record keys / relative paths to train on (MS1MV2 subset).
+        resize: resize non-112 training images instead of raising.
+        replace_on_error: replace unreadable training images by another of the same identity.
+        label_cache_dir: label cache location instead of the default ones.
+    """
+
+    path: Path
+    transform: Any
+    batch_size: int
+    k: int
+    seed: int
+    max_bad_fraction: float
+    subset_index: Path | None = None
+    resize: bool = False
+    replace_on_error: bool = True
+    label_cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.batch_size % self.k:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of k ({self.k})")
+
+
+@dataclass(frozen=True)
+class VerificationData:
+    """Where the verification sets are and how they are scored (SPEC §9).
+
+    Attributes:
+        folder: folder with ``<name>.bin`` files and/or converted memfiles.
+        memfile_dir: where :meth:`FaceDataModule.prepare_data` writes the memfiles.
+        channel_order: channel order the model expects.
+        batch_size: images per verification batch (even: pairs stay together).
+        masked: also validate on the masked protocol (a synthetic mask on the second image of each pair).
+        mask_seed: seed of the masked protocol.
+        names: verification sets, in concatenation order.
+    """
+
+    folder: Path
+    memfile_dir: Path
+    channel_order: ChannelOrder
+    batch_size: int
+    masked: bool
+    mask_seed: int
+    names: tuple[str, ...] = VAL_SET_NAMES
+
+
+def build_train_dataset(train: TrainData) -> RecordDataset | FolderDataset:
     """A :class:`RecordDataset` for a ``.rec`` file or a folder with ``train.rec``, else a :class:`FolderDataset`.
 
     Raises:
-        FileNotFoundError: if ``train_path`` does not exist.
+        FileNotFoundError: if the path does not exist.
     """
-    path = Path(train_path)
+    path = Path(train.path)
     if not path.exists():
         raise FileNotFoundError(f"training data not found: {path}")
+    common = dict(resize=train.resize, replace_on_error=train.replace_on_error,
+                  max_bad_fraction=train.max_bad_fraction)
     if path.suffix == ".rec" or resolve_record_path(path).is_file():
-        return RecordDataset(path, transform, subset_index, cache_dir=cache_dir, resize=resize,
-                             replace_on_error=replace_on_error, max_bad_fraction=max_bad_fraction)
-    return FolderDataset(path, transform, subset_index, resize=resize, replace_on_error=replace_on_error,
-                         max_bad_fraction=max_bad_fraction)
+        return RecordDataset(path, train.transform, train.subset_index, cache_dir=train.label_cache_dir, **common)
+    return FolderDataset(path, train.transform, train.subset_index, **common)
 
 
 class FaceDataModule(LightningDataModule):
-    """Training and verification data for oaml.
+    """Training and verification data for oaml, from built parts (:func:`oaml.training.build.build_datamodule`).
 
     Args:
-        train_path: a ``.rec`` file, a folder holding ``train.rec``/``train.idx``, or an identity-folder root.
-        val_dir: folder with ``<name>.bin`` files and/or converted memfiles; ``None`` disables validation.
-        val_memfile_dir: where :meth:`prepare_data` writes memfiles; defaults to ``val_dir``.
-        batch_size: training batch size **per device** (P x K; the caller divides a global batch).
-        k: images per identity in a batch.
+        train: the training data; None for a datamodule that only validates.
+        verification: the verification sets; None disables validation.
         num_workers: DataLoader workers (0 loads in the main process).
-        mask_prob: probability of a synthetic medical mask.
-        flip_prob: probability of a horizontal flip.
-        crop_prob: probability of the in-place crop augmentation.
-        low_res_prob: probability of the low-resolution augmentation.
-        photometric_prob: probability of the photometric augmentation.
-        channel_order: channel order the model expects.
-        seed: seed of the sampler and of the main-process transform.
-        subset_index: file of record keys / relative paths to train on (MS1MV2 subset).
-        val_masked: also validate on the masked protocol.
-        val_names: verification sets, in concatenation order.
-        val_batch_size: verification batch size; defaults to ``batch_size``.
-        resize: resize non-112 training images instead of raising.
-        replace_on_error: replace unreadable training images by another of the same identity.
-        max_bad_fraction: abort when more than this fraction of training images is unreadable.
         pin_memory: pin batches in page-locked memory (for GPU training).
-        label_cache_dir: label cache location when the data folder is read-only.
     """
 
-    def __init__(self, train_path: str | os.PathLike[str] | None = None,
-                 val_dir: str | os.PathLike[str] | None = None, *,
-                 val_memfile_dir: str | os.PathLike[str] | None = None, batch_size: int = 128, k: int = 4,
-                 num_workers: int = 4, mask_prob: float = 0.5, flip_prob: float = 0.5, crop_prob: float = 0.0,
-                 low_res_prob: float = 0.0, photometric_prob: float = 0.0,
-                 channel_order: ChannelOrder = ChannelOrder.BGR, seed: int = 42,
-                 subset_index: str | os.PathLike[str] | None = None, val_masked: bool = True,
-                 val_names: Sequence[str] = VAL_SET_NAMES, val_batch_size: int | None = None,
-                 resize: bool = False, replace_on_error: bool = True, max_bad_fraction: float = 0.001,
-                 pin_memory: bool = False, label_cache_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, train: TrainData | None, verification: VerificationData | None = None, *,
+                 num_workers: int = 0, pin_memory: bool = False) -> None:
         super().__init__()
-        if batch_size % k:
-            raise ValueError(f"batch_size ({batch_size}) must be a multiple of k ({k})")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        self.train_path = Path(train_path) if train_path is not None else None
-        self.val_dir = Path(val_dir) if val_dir is not None else None
-        self.val_memfile_dir = Path(val_memfile_dir) if val_memfile_dir is not None else self.val_dir
-        self.batch_size, self.k, self.num_workers, self.seed = batch_size, k, num_workers, seed
-        self.channel_order = ChannelOrder(channel_order)
-        self.train_transform = TrainTransform(mask_prob, flip_prob, crop_prob, low_res_prob, photometric_prob,
-                                              self.channel_order, seed)
-        self.subset_index, self.val_masked, self.val_names = subset_index, val_masked, tuple(val_names)
-        self.val_batch_size = val_batch_size or batch_size
-        self.resize, self.replace_on_error, self.max_bad_fraction = resize, replace_on_error, max_bad_fraction
-        self.pin_memory, self.label_cache_dir = pin_memory, label_cache_dir
+        self.train, self.verification = train, verification
+        self.num_workers, self.pin_memory = num_workers, pin_memory
         self.train_dataset: RecordDataset | FolderDataset | None = None
         self.val_datasets: list[VerificationSets] = []
         self.train_sampler: PKSampler | None = None
         self._pending_sampler_state: dict[str, int] | None = None
 
+    @property
+    def train_path(self) -> Path | None:
+        """The training data's path."""
+        return None if self.train is None else self.train.path
+
     # ---------------------------------------------------------------- set-up
     def prepare_data(self) -> None:
-        """Convert every ``<name>.bin`` in ``val_dir`` to a uint8 memfile (once, atomically; rank 0 only)."""
-        if self.val_dir is None or self.val_memfile_dir is None:
+        """Convert every ``<name>.bin`` of the verification folder to a uint8 memfile (once, atomically; rank 0)."""
+        sets = self.verification
+        if sets is None:
             return
-        for name in self.val_names:
-            bin_path = self.val_dir / f"{name}.bin"
+        for name in sets.names:
+            bin_path = sets.folder / f"{name}.bin"
             if bin_path.is_file():
-                convert_bin(bin_path, self.val_memfile_dir, self.channel_order, name)
+                convert_bin(bin_path, sets.memfile_dir, sets.channel_order, name)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the training dataset (``fit``) and the verification datasets (every stage)."""
-        if stage in (None, "fit") and self.train_path is not None and self.train_dataset is None:
-            self.train_dataset = build_train_dataset(self.train_path, self.train_transform, self.subset_index,
-                                                     self.resize, self.replace_on_error, self.max_bad_fraction,
-                                                     self.label_cache_dir)
-            logger.info("training data %s: %d images, %d identities", self.train_path, len(self.train_dataset),
+        if stage in (None, "fit") and self.train is not None and self.train_dataset is None:
+            self.train_dataset = build_train_dataset(self.train)
+            logger.info("training data %s: %d images, %d identities", self.train.path, len(self.train_dataset),
                         self.train_dataset.num_classes)
-        if not self.val_datasets and self.val_memfile_dir is not None:
-            clean = VerificationSets(self.val_memfile_dir, self.val_names, self.channel_order)
+        sets = self.verification
+        if not self.val_datasets and sets is not None:
+            clean = VerificationSets(sets.memfile_dir, sets.names, sets.channel_order)
             if len(clean) == 0:
-                logger.info("no verification set found in %s; validation is skipped", self.val_memfile_dir)
+                logger.info("no verification set found in %s; validation is skipped", sets.memfile_dir)
                 return
-            self.val_datasets = [clean]
-            if self.val_masked:
-                self.val_datasets.append(clean.masked(mask_seed=self.seed))
+            self.val_datasets = [clean] + ([clean.masked(mask_seed=sets.mask_seed)] if sets.masked else [])
 
     def _dataset(self) -> RecordDataset | FolderDataset:
         if self.train_dataset is None:
             self.setup("fit")
         if self.train_dataset is None:
-            raise ValueError("FaceDataModule was built without train_path; there is no training data")
+            raise ValueError("FaceDataModule was built without training data")
         return self.train_dataset
 
     @property
@@ -195,12 +212,13 @@ class FaceDataModule(LightningDataModule):
         return int(trainer.global_rank), int(trainer.world_size)
 
     def train_dataloader(self) -> DataLoader:
-        """PK-sampled training batches ``(image, label, visibility)``."""
-        dataset = self._dataset()
+        """PK-sampled :class:`~oaml.data.batches.TrainBatch` batches."""
+        dataset, train = self._dataset(), self.train
+        assert train is not None  # _dataset() raised otherwise
         rank, world = self._rank_and_world()
-        # Main-process loading (num_workers=0) must still differ between ranks.
-        self.train_transform.reseed([self.seed, rank])
-        self.train_sampler = PKSampler(dataset.labels, self.batch_size, self.k, world, rank, self.seed)
+        if hasattr(train.transform, "reseed"):  # main-process loading (num_workers=0) must still differ by rank
+            train.transform.reseed([train.seed, rank])
+        self.train_sampler = PKSampler(dataset.labels, train.batch_size, train.k, world, rank, train.seed)
         if self._pending_sampler_state is not None:
             self.train_sampler.load_state_dict(self._pending_sampler_state)
             self._pending_sampler_state = None
@@ -211,8 +229,10 @@ class FaceDataModule(LightningDataModule):
     def _val_loaders(self) -> list[DataLoader]:
         if not self.val_datasets:
             self.setup("validate")
+        if self.verification is None:
+            return []
         rank, world = self._rank_and_world()
-        return [DataLoader(ds, batch_size=self.val_batch_size, sampler=PairShardSampler(len(ds), world, rank),
+        return [DataLoader(ds, batch_size=self.verification.batch_size, sampler=PairShardSampler(len(ds), world, rank),
                            num_workers=self.num_workers, collate_fn=collate_pairs, worker_init_fn=seed_worker,
                            pin_memory=self.pin_memory)
                 for ds in self.val_datasets]

@@ -11,14 +11,16 @@ from typing import Any
 from oaml.config import LossConfig
 from oaml.errors import ConfigError
 
-__all__ = ["FAR", "IMAGES_PER_IDENTITY", "METHODS", "PROTOCOLS", "StudyOptions", "VARIANTS", "Variant", "threads_per_run"]
+__all__ = ["FAR", "IMAGES_PER_IDENTITY", "METHODS", "PROTOCOLS", "StudyOptions", "VARIANTS", "Variant",
+           "threads_per_run"]
 
 FAR = 1e-2
 """The FAR of the reported TAR."""
 
 METHODS = ("adaface", "qaconv", "combined")
 PROTOCOLS = ("clean", "masked")
-IMAGES_PER_IDENTITY = LossConfig().instances_per_identity  # images per identity in a PK batch (the study does not change it)
+IMAGES_PER_IDENTITY = LossConfig().instances_per_identity
+"""K of the PK batches (the study does not change it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +99,8 @@ class StudyOptions:
                   ("--splits", self.splits, bool(self.splits) and len(set(self.splits)) == len(self.splits),
                    "expected distinct integers"),
                   ("--epochs", self.epochs, self.epochs >= 1, "expected >= 1"),
-                  ("--batch-size", self.batch_size, self.batch_size >= IMAGES_PER_IDENTITY and self.batch_size % IMAGES_PER_IDENTITY == 0,
+                  ("--batch-size", self.batch_size,
+                   self.batch_size >= IMAGES_PER_IDENTITY and self.batch_size % IMAGES_PER_IDENTITY == 0,
                    f"expected a positive multiple of {IMAGES_PER_IDENTITY} (images per identity)"),
                   ("--jobs", self.jobs, self.jobs >= 1, "expected >= 1")]
         for flag, value, ok, expected in checks:

@@ -34,7 +34,8 @@ _METHOD_TITLES = {"adaface": "AdaFace", "qaconv": "QAConv", "combined": "combine
 
 _CHOICES = [
     "## How the settings were chosen", "",
-    "Nothing was tuned on held-out identities. The recipe is the demo's (the packaged `tiny_cpu` configuration: width-0.125 "
+    "Nothing was tuned on held-out identities. The recipe is the demo's (the packaged `tiny_cpu` configuration: "
+    "width-0.125 "
     "ir_18, batch 64, lr 0.1, the loss weights of the SPEC); AdaFace alone keeps its own loss weight 1. The number "
     "of epochs was set from the wall time of timing runs of (a), (d) and (e) on another identity split (seed 99) so "
     "that the study fits in 45 minutes on two cores. Those runs showed the occlusion head of (d) saturating at 1 "

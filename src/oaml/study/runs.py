@@ -290,7 +290,8 @@ def run_study(options: StudyOptions) -> dict[str, Path]:
                             f"(add identities with more images or raise --test-fraction)")
         steps = steps_per_epoch(split, options.batch_size)
         if steps == 0:
-            raise ConfigError(f"--batch-size: {options.batch_size} takes {options.batch_size // IMAGES_PER_IDENTITY} identities per "
+            per_batch = options.batch_size // IMAGES_PER_IDENTITY
+            raise ConfigError(f"--batch-size: {options.batch_size} takes {per_batch} identities per "
                               f"batch, but split {split_seed} trains on {len(split.train)}; lower --batch-size")
         train_dir = link_train_folder(split.train, work / f"split{split_seed}" / "train")
         splits.append({"split": split, "pairs": pairs, "steps_per_epoch": steps})

@@ -19,7 +19,8 @@ from oaml import __version__
 from oaml.config import OamlConfig
 from oaml.errors import ConfigError
 from oaml.constants import VAL_SET_NAMES
-from oaml.data.datamodule import FaceDataModule
+from oaml.data.datamodule import FaceDataModule, TrainData, VerificationData
+from oaml.data.transforms import TrainTransform
 from oaml.devices import check_gpu_count
 from oaml.fileio import cache_root, is_writable_dir
 from oaml.losses import CombinedLoss
@@ -76,25 +77,27 @@ def _memfile_dir(val_path: Path) -> Path:
 
 
 def build_datamodule(config: OamlConfig) -> FaceDataModule:
-    """The datamodule of ``config``; the batch size is divided over all devices of all nodes."""
+    """The datamodule of ``config`` from built parts: the training transform and data, the verification sets; the
+    batch size is divided over all devices of all nodes."""
     train_path, val_path = data_paths(config)
-    world = config.system.devices * config.system.num_nodes
-    subset = None
-    if config.data.train_data_subset:
-        subset = Path(config.data.subset_index) if config.data.subset_index else \
-            train_path / "ms1mv2_train_subset_index.txt"
-    has_val = val_path.is_dir()
-    augment = config.augment
-    return FaceDataModule(
-        None if config.system.evaluate else train_path, val_path if has_val else None,
-        val_memfile_dir=_memfile_dir(val_path) if has_val else None,
-        batch_size=config.train.batch_size // world, k=config.loss.instances_per_identity,
-        num_workers=config.system.workers, mask_prob=augment.mask_prob, flip_prob=augment.flip_prob,
-        crop_prob=augment.crop_augmentation_prob, low_res_prob=augment.low_res_augmentation_prob,
-        photometric_prob=augment.photometric_augmentation_prob, channel_order=config.channel_order,
-        seed=config.train.seed, subset_index=subset, val_masked=config.eval.masked_protocol,
-        val_batch_size=config.eval.val_batch_size, max_bad_fraction=config.data.max_bad_fraction,
-        pin_memory=config.system.gpus > 0)
+    train = None
+    if not config.system.evaluate:
+        subset = None
+        if config.data.train_data_subset:
+            subset = Path(config.data.subset_index) if config.data.subset_index else \
+                train_path / "ms1mv2_train_subset_index.txt"
+        augment = config.augment
+        transform = TrainTransform(augment.mask_prob, augment.flip_prob, augment.crop_augmentation_prob,
+                                   augment.low_res_augmentation_prob, augment.photometric_augmentation_prob,
+                                   config.channel_order, config.train.seed)
+        world = config.system.devices * config.system.num_nodes
+        train = TrainData(train_path, transform, config.train.batch_size // world, config.loss.instances_per_identity,
+                          config.train.seed, config.data.max_bad_fraction, subset_index=subset)
+    verification = None
+    if val_path.is_dir():
+        verification = VerificationData(val_path, _memfile_dir(val_path), config.channel_order,
+                                        config.eval.val_batch_size, config.eval.masked_protocol, config.train.seed)
+    return FaceDataModule(train, verification, num_workers=config.system.workers, pin_memory=config.system.gpus > 0)
 
 
 def build_loss(config: OamlConfig) -> CombinedLoss:

@@ -1,12 +1,11 @@
 """``oaml demo``: synthetic faces -> a small model trained with the full objective -> accuracy table.
 
 Everything lands in a cache folder (``<cache root>/demo`` by default, see :func:`oaml.fileio.cache_root`): the
-synthetic dataset (made once and
-reused), and the experiment folder with the checkpoints, ``metrics.csv`` and ``preview.png``. The recipe is the
-packaged ``tiny_cpu`` configuration: the ir_18 layout at width 0.125 (about 1/64 of the full network's compute), so the whole demo takes a few
-minutes on two cores. It trains in fp32: at this width bf16 autocast is about 4x slower on the CPU (measured
-on the 2-core development machine: 117 vs 27 img/s for a training step at batch 64, see docs/benchmarks.md);
-bf16 pays off only at full width.
+synthetic dataset (made once and reused), and the experiment folder with the checkpoints, ``metrics.csv`` and
+``preview.png``. The recipe is the packaged ``tiny_cpu`` configuration: the ir_18 layout at width 0.125 (about
+1/64 of the full network's compute), so the whole demo takes a few minutes on two cores. It trains in fp32: at
+this width bf16 autocast is about 4x slower on the CPU (measured on the 2-core development machine: 117 vs
+27 img/s for a training step at batch 64, see docs/benchmarks.md); bf16 pays off only at full width.
 """
 
 from __future__ import annotations

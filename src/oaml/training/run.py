@@ -131,7 +131,8 @@ def check_batches(config: OamlConfig, datamodule: FaceDataModule) -> None:
     largest = -(-identities // world) * k * world
     raise ConfigError(
         f"--batch_size {config.train.batch_size}: a batch takes {per_device // k} identities x {k} images on each of "
-        f"{world} device(s), but {datamodule.train_path} has {identities} identities, so not one batch can be formed; "
+        f"{world} device(s), but {datamodule.train_path} has {identities} identities, so not one batch can be "
+        f"formed; "
         f"use --batch_size {largest} or less (a multiple of {k * world}), or train on more identities")
 
 
@@ -169,7 +170,7 @@ def _prepare(config: OamlConfig) -> tuple[FaceDataModule, list[str], Path | None
         if not config.system.start_from_model_statedict:
             raise CheckpointError("--evaluate needs --start_from_model_statedict CHECKPOINT")
         if not set_names:
-            raise FileNotFoundError(f"--evaluate: no verification .bin files found in {datamodule.val_dir}")
+            raise FileNotFoundError(f"--evaluate: no verification .bin files found in {data_paths(config)[1]}")
     else:
         datamodule.setup("fit")
         check_batches(config, datamodule)
