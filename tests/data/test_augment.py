@@ -13,7 +13,7 @@ import torch
 from oaml.constants import ChannelOrder
 from oaml.data.augment import (Augmenter, crop_in_place, hflip, low_resolution, photometric, random_crop,
                                random_resized_crop_box)
-from oaml.data.masks import visibility_to_grid
+from oaml.data.masks import visibility_grid
 from oaml.data.transforms import EvalTransform, TrainTransform, image_to_tensor, tensor_to_image
 
 Factory = Callable[..., np.ndarray]
@@ -30,7 +30,7 @@ def test_flip_moves_a_one_sided_mask_to_the_other_side(image_factory: Factory) -
     flipped, visibility = hflip(image, _left_half_masked())
     assert np.array_equal(flipped, image[:, ::-1])
     assert visibility[:, 72:].max() == 0 and visibility[:, :72].min() == 1
-    assert np.array_equal(visibility_to_grid(visibility), visibility_to_grid(_left_half_masked())[:, ::-1])
+    assert np.array_equal(visibility_grid(visibility), visibility_grid(_left_half_masked())[:, ::-1])
 
 
 def test_crop_keeps_pixels_in_place_and_occludes_the_rest(image_factory: Factory) -> None:
@@ -42,7 +42,7 @@ def test_crop_keeps_pixels_in_place_and_occludes_the_rest(image_factory: Factory
     outside[inside] = False
     assert cropped[outside].max() == 0 and visibility[outside].max() == 0
     assert visibility[10:60, 20:40].max() == 0 and visibility[10:60, 40:80].min() == 1  # prior mask kept
-    grid = visibility_to_grid(visibility)
+    grid = visibility_grid(visibility)
     assert grid[0, 2] == pytest.approx(6 * 8 / 256)  # cell rows 0-15, cols 32-47: rows 10-15 x cols 40-47 visible
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from oaml.constants import ARCFACE_TEMPLATE
-from oaml.data.masks import MASK_STYLES, apply_medical_mask, medical_mask_outline, seeded_mask, visibility_to_grid
+from oaml.data.masks import MASK_STYLES, apply_medical_mask, medical_mask_outline, seeded_mask, visibility_grid
 
 GRAY = np.full((112, 112, 3), 128, np.uint8)
 
@@ -163,13 +164,13 @@ def test_ear_loops_are_occluding_pixels() -> None:
     assert np.array_equal(with_loops[without == 0], without[without == 0])
 
 
-def test_visibility_to_grid_gives_area_fractions() -> None:
+def test_visibility_grid_gives_area_fractions() -> None:
     visibility = np.ones((112, 112), np.float32)
     visibility[0:8, 0:16] = 0  # half of cell (0, 0)
     visibility[48:64, 64:80] = 0  # all of cell (3, 4)
     visibility[100, 100] = 0  # one pixel of cell (6, 6)
     visibility[20:28, 16:24] = 0.5  # a quarter of cell (1, 1) at half visibility
-    grid = visibility_to_grid(visibility)
+    grid = visibility_grid(visibility)
     expected = np.ones((7, 7), np.float32)
     expected[0, 0] = 0.5
     expected[3, 4] = 0.0
@@ -177,7 +178,51 @@ def test_visibility_to_grid_gives_area_fractions() -> None:
     expected[1, 1] = 1 - 0.5 * 64 / 256
     assert grid.shape == (7, 7) and grid.dtype == np.float32
     assert np.array_equal(grid, expected)
-    batch = visibility_to_grid(np.stack([visibility, np.zeros_like(visibility)]))
+    batch = visibility_grid(np.stack([visibility, np.zeros_like(visibility)]))
     assert batch.shape == (2, 7, 7) and np.array_equal(batch[0], expected) and batch[1].max() == 0
     with pytest.raises(ValueError, match="100x100"):
-        visibility_to_grid(np.ones((100, 100)))
+        visibility_grid(np.ones((100, 100)))
+
+
+def _hand_mask() -> torch.Tensor:
+    """112 x 112, visible except: cell (0, 0) fully occluded, the left half of cell (0, 1), an 8 x 8
+    quarter of cell (3, 3) and 4 x 16 pixels of cell (6, 6)."""
+    mask = torch.ones(112, 112)
+    mask[0:16, 0:16] = 0
+    mask[0:16, 16:24] = 0
+    mask[48:56, 48:56] = 0
+    mask[96:100, 96:112] = 0
+    return mask
+
+
+def test_visibility_grid_tensor_exact_fractions() -> None:
+    expected = torch.ones(7, 7)
+    expected[0, 0] = 0.0
+    expected[0, 1] = 0.5
+    expected[3, 3] = 0.75
+    expected[6, 6] = 0.75
+    target = visibility_grid(_hand_mask().view(1, 1, 112, 112))
+    assert target.shape == (1, 1, 7, 7)
+    assert torch.equal(target[0, 0], expected)
+    assert torch.equal(visibility_grid(_hand_mask().unsqueeze(0)), target[:, 0])
+
+
+def test_visibility_grid_tensor_integer_masks_and_all_ones() -> None:
+    as_uint8 = visibility_grid(_hand_mask().to(torch.uint8).unsqueeze(0))
+    assert as_uint8.dtype == torch.float32 and torch.equal(as_uint8, visibility_grid(_hand_mask().unsqueeze(0)))
+    assert torch.equal(visibility_grid(torch.ones(2, 112, 112)), torch.ones(2, 7, 7))
+
+
+def test_visibility_grid_tensor_rejects_bad_shape() -> None:
+    with pytest.raises(ValueError, match="B x H x W"):
+        visibility_grid(torch.ones(2, 3, 112, 112))
+    with pytest.raises(ValueError, match="100x100"):
+        visibility_grid(torch.ones(1, 100, 100))
+
+
+def test_visibility_grid_arrays_equal_tensors() -> None:
+    mask = _hand_mask().numpy()
+    grid = visibility_grid(mask)
+    assert isinstance(grid, np.ndarray) and grid.shape == (7, 7) and grid.dtype == np.float32
+    assert np.array_equal(grid, visibility_grid(_hand_mask().view(1, 1, 112, 112))[0, 0].numpy())
+    assert np.array_equal(visibility_grid(mask.astype(np.float64)), grid)

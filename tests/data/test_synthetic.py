@@ -15,11 +15,15 @@ import pytest
 from oaml.constants import ARCFACE_TEMPLATE, FACE_SIZE, VAL_SET_NAMES
 from oaml.data.recordio import RecordReader
 from oaml.data.synthetic import (
+    BeardStyle,
+    GlassesStyle,
+    HairStyle,
     SyntheticSpec,
     make_synthetic,
     render_face,
     render_identity_params,
 )
+from oaml.data.synthetic.drawing import draw_background
 from oaml.errors import ConfigError
 
 IDS, IMAGES, VAL_IDS, PAIRS = 6, 4, 4, 20
@@ -205,3 +209,28 @@ def test_identity_not_background_makes_images_alike(tmp_path: Path) -> None:
     assert corner_acc < 0.2, f"backgrounds identify people ({corner_acc}); they must be random per image"
     # A montage (8 identities x 5 images) to look at when the drawing changes.
     cv2.imwrite(str(tmp_path / "montage.png"), np.vstack(rows[:8]))
+
+
+def test_every_style_is_drawn_and_changes_the_face() -> None:
+    """Identities cover every hair, beard and glasses style; each style draws something different."""
+    import dataclasses
+
+    people = [render_identity_params(np.random.default_rng([0, g, 2**32 - 1])) for g in range(300)]
+    assert {p.hair_style for p in people} == set(HairStyle)
+    assert {p.beard_style for p in people} == set(BeardStyle)
+    assert {p.glasses_style for p in people} == set(GlassesStyle)
+    base = next(p for p in people if p.hair_style == HairStyle.BALD and p.beard_style == BeardStyle.NONE
+                and p.glasses_style == GlassesStyle.NONE)
+    faces = set()
+    for field, styles in (("hair_style", HairStyle), ("beard_style", BeardStyle), ("glasses_style", GlassesStyle)):
+        for style in styles:
+            image, _ = render_face(dataclasses.replace(base, **{field: style}), np.random.default_rng(7))
+            faces.add(image.tobytes())
+    assert len(faces) == len(HairStyle) + len(BeardStyle) + len(GlassesStyle) - 2  # the 3 "none" faces are one
+
+
+def test_backgrounds_range_from_smooth_gradients_to_clutter() -> None:
+    """Some backgrounds are smooth gradients (tiny neighbour steps), some carry hard-edged clutter."""
+    steps = [int(np.abs(np.diff(draw_background(np.random.default_rng(seed), 224).astype(np.int16), axis=1)).max())
+             for seed in range(60)]
+    assert min(steps) <= 2 and max(steps) > 40

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from oaml.losses import CombinedLoss
-from oaml.models import ClassMemory, FaceModel, build_face_model, build_head, visibility_target
+from oaml.data.masks import visibility_grid
+from oaml.models import ClassMemory, FaceModel, build_face_model, build_head
 
 LABELS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
 
@@ -54,7 +55,7 @@ def test_occlusion_loss_alone_trains_the_backbone(model: FaceModel) -> None:
     mask = torch.ones(8, 112, 112)
     mask[:, 60:, 20:92] = 0  # a lower-face occluder
     loss = CombinedLoss(adaface_weight=0.0, qaconv_weight=0.0, occlusion_weight=1.0)
-    total, _ = loss(LABELS, occlusion=out.occlusion, occlusion_target=visibility_target(mask))
+    total, _ = loss(LABELS, occlusion=out.occlusion, occlusion_target=visibility_grid(mask))
     total.backward()
     _assert_all_nonzero(_trunk_parameters(model))
     _assert_all_nonzero(dict(model.occlusion_head.named_parameters()))

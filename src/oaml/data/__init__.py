@@ -37,7 +37,7 @@ _LAZY = {
     "seeded_mask": "oaml.data.masks",
     "tensor_to_image": "oaml.data.transforms",
     "unpack_record": "oaml.data.recordio",
-    "visibility_to_grid": "oaml.data.masks",
+    "visibility_grid": "oaml.data.masks",
 }
 
 __all__ = sorted(_LAZY)

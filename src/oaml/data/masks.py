@@ -24,13 +24,19 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TypeVar
 
 import cv2
 import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
 
-from oaml.constants import ARCFACE_TEMPLATE
+from oaml.constants import ARCFACE_TEMPLATE, FEATURE_MAP_SIZE
 
-__all__ = ["MASK_STYLES", "apply_medical_mask", "medical_mask_outline", "seeded_mask", "visibility_to_grid"]
+__all__ = ["MASK_STYLES", "apply_medical_mask", "medical_mask_outline", "seeded_mask", "visibility_grid"]
+
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, Tensor)
 
 MASK_STYLES: tuple[str, ...] = ("surgical_blue", "white", "black", "grey", "pink", "fabric")
 """Mask styles, drawn with probabilities 0.35, 0.15, 0.12, 0.1, 0.1 and 0.18."""
@@ -333,22 +339,32 @@ def seeded_mask(image: np.ndarray, seed: int, index: int) -> tuple[np.ndarray, n
     return apply_medical_mask(image, np.random.default_rng((seed, index)))
 
 
-def visibility_to_grid(visibility: np.ndarray, cells: int = 7) -> np.ndarray:
-    """Average-pool a per-pixel visibility map to a ``cells x cells`` grid of visible fractions (SPEC §4).
+def visibility_grid(visibility: ArrayOrTensor, cells: int = FEATURE_MAP_SIZE) -> ArrayOrTensor:
+    """Visible fraction of each cell of a per-pixel visibility map (SPEC §4): the occlusion head's target.
+
+    The one implementation of the 7x7 target, used by training (tensors), the study's head calibration and
+    the tests (arrays). For a 112 x 112 map and ``cells=7`` each output is the mean over one 16 x 16 cell, i.e.
+    the exact visible fraction (no point sampling).
 
     Args:
-        visibility: ``... x H x W`` map (1 visible, 0 occluded); H and W must be multiples of ``cells``.
+        visibility: ``H x W``, ``B x H x W`` or ``B x 1 x H x W`` map, values in [0, 1] (1 = visible); a numpy
+            array or a tensor, any real or integer dtype.
         cells: grid side (7 for a 112x112 input: 16x16-pixel cells).
 
     Returns:
-        ``... x cells x cells`` float32 array; each cell is the mean of its pixels.
+        The same kind (array or tensor) and layout, with ``cells x cells`` in place of ``H x W``; float32.
 
     Raises:
-        ValueError: if H or W is not a multiple of ``cells``.
+        ValueError: for another layout, or if H or W is not a multiple of ``cells``.
     """
-    vis = np.asarray(visibility, dtype=np.float32)
-    height, width = vis.shape[-2:]
+    is_array = isinstance(visibility, np.ndarray)
+    maps = torch.from_numpy(np.ascontiguousarray(visibility)) if is_array else visibility
+    shape = tuple(maps.shape)
+    if not (maps.dim() in (2, 3) or (maps.dim() == 4 and shape[1] == 1)):
+        raise ValueError(f"visibility must be H x W, B x H x W or B x 1 x H x W, got shape {shape}")
+    height, width = shape[-2:]
     if height % cells or width % cells:
         raise ValueError(f"visibility map {height}x{width} is not divisible into {cells}x{cells} cells")
-    blocks = vis.reshape(*vis.shape[:-2], cells, height // cells, cells, width // cells)
-    return blocks.mean(axis=(-3, -1), dtype=np.float64).astype(np.float32)
+    maps = maps.to(torch.float32) if maps.dtype != torch.float32 else maps
+    grid = F.adaptive_avg_pool2d(maps.reshape(-1, 1, height, width), cells).reshape(*shape[:-2], cells, cells)
+    return grid.numpy() if is_array else grid

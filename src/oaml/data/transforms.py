@@ -5,7 +5,7 @@ Datasets yield uint8 **BGR** ``H x W x 3`` faces (the released AdaFace weights e
 
 :class:`TrainTransform` runs flip (p 0.5) -> synthetic medical mask (p 0.5) -> :class:`Augmenter` -> tensor,
 carrying the per-pixel visibility map through every geometric step. The 7x7 occlusion target is pooled
-from that map on the model side (see :func:`oaml.data.masks.visibility_to_grid` for the numpy version).
+from that map in the training objective (:func:`oaml.data.masks.visibility_grid`).
 
 Randomness comes from a ``numpy.random.Generator`` owned by the transform, re-seeded in every DataLoader
 worker by :func:`oaml.data.datamodule.seed_worker`; the global ``np.random`` is never used.

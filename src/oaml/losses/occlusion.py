@@ -16,7 +16,7 @@ class OcclusionLoss(nn.Module):
 
         Args:
             prediction: B x 1 x H x W visibility in [0, 1] (the occlusion head's output).
-            target: B x 1 x H x W or B x H x W visible fractions (``visibility_target``); all ones for
+            target: B x 1 x H x W or B x H x W visible fractions (``oaml.data.masks.visibility_grid``); all ones for
                 unmasked images.
 
         Returns:

@@ -11,7 +11,7 @@ from oaml.models.class_memory import ClassMemory
 from oaml.models.face_model import FaceModel, FaceOutput, build_face_model
 from oaml.models.heads import HEADS, PAPER_MARGINS, AdaFace, ArcFace, CosFace, MarginHead, build_head
 from oaml.models.iresnet import BACKBONES, BackboneOutput, IResNet, build_backbone
-from oaml.models.occlusion import OcclusionHead, visibility_target
+from oaml.models.occlusion import OcclusionHead
 from oaml.models.qaconv import QAConv
 
 __all__ = [
@@ -34,5 +34,4 @@ __all__ = [
     "build_head",
     "extract_prefixed",
     "load_backbone",
-    "visibility_target",
 ]

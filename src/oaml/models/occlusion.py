@@ -1,17 +1,14 @@
 """Occlusion head: predicts a per-location visibility map from the backbone's feature map (SPEC §4).
 
-The map (1 = visible, 0 = occluded) is supervised with the MSE against :func:`visibility_target`, the
-visible fraction of each 16 x 16 cell of the 112 x 112 mask, and weights the QAConv similarities (SPEC §5).
+The map (1 = visible, 0 = occluded) is supervised with the MSE against the visible fraction of each 16 x 16
+cell of the 112 x 112 mask (:func:`oaml.data.masks.visibility_grid`), and weights the QAConv similarities (SPEC §5).
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from oaml.constants import FEATURE_MAP_SIZE
-
-__all__ = ["OcclusionHead", "visibility_target"]
+__all__ = ["OcclusionHead"]
 
 
 class OcclusionHead(nn.Module):
@@ -37,27 +34,3 @@ class OcclusionHead(nn.Module):
     def forward(self, feature_map: Tensor) -> Tensor:
         """B x C x H x W feature map -> B x 1 x H x W visibility in [0, 1] (1 = visible)."""
         return self.layers(feature_map).sigmoid()
-
-
-def visibility_target(mask: Tensor, cells: int = FEATURE_MAP_SIZE) -> Tensor:
-    """Visible fraction of each cell of a pixel visibility mask (SPEC §4), by average pooling.
-
-    For a 112 x 112 mask and ``cells=7`` each output is the mean over one 16 x 16 cell, i.e. the exact
-    visible fraction (no point sampling). Other sizes use adaptive average pooling.
-
-    Args:
-        mask: B x H x W or B x 1 x H x W, values in [0, 1] (1 = visible).
-        cells: side of the output grid.
-
-    Returns:
-        B x 1 x cells x cells float tensor.
-
-    Raises:
-        ValueError: if ``mask`` has another shape.
-    """
-    if mask.dim() == 3:
-        mask = mask.unsqueeze(1)
-    if mask.dim() != 4 or mask.shape[1] != 1:
-        raise ValueError(f"mask must be B x H x W or B x 1 x H x W, got shape {tuple(mask.shape)}")
-    mask = mask if mask.is_floating_point() else mask.float()
-    return F.adaptive_avg_pool2d(mask, cells)

@@ -113,7 +113,8 @@ def occlusion_separation(predicted_masked: np.ndarray, predicted_clean: np.ndarr
     Args:
         predicted_masked: N x 7 x 7 maps predicted on the masked images.
         predicted_clean: N x 7 x 7 maps predicted on the same images without the mask.
-        true_grids: N x 7 x 7 visible fraction of each cell under the mask (:func:`visibility_to_grid`).
+        true_grids: N x 7 x 7 visible fraction of each cell under the mask
+            (:func:`oaml.data.masks.visibility_grid`).
 
     Returns:
         ``inside`` (mean prediction over cells less than half visible), ``outside`` (cells at least half
@@ -137,9 +138,9 @@ def occlusion_separation(predicted_masked: np.ndarray, predicted_clean: np.ndarr
 
 def true_mask_grids(images: Any, mask_seed: int) -> np.ndarray:
     """The 7x7 visible fraction of the evaluator's deterministic mask on every image (same draw, same seed)."""
-    from oaml.data.masks import seeded_mask, visibility_to_grid
+    from oaml.data.masks import seeded_mask, visibility_grid
 
-    return np.stack([visibility_to_grid(seeded_mask(images.read(k), mask_seed, k)[1]) for k in range(len(images))])
+    return visibility_grid(np.stack([seeded_mask(images.read(k), mask_seed, k)[1] for k in range(len(images))]))
 
 
 def _evaluate(checkpoint: Path, pairs: HeldOutPairs, mask_seed: int, occlusion: bool,

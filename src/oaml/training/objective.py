@@ -16,7 +16,8 @@ from typing import NamedTuple
 from torch import Tensor, nn
 
 from oaml.losses import CombinedLoss
-from oaml.models import ClassMemory, FaceOutput, MarginHead, QAConv, visibility_target
+from oaml.data.masks import visibility_grid
+from oaml.models import ClassMemory, FaceOutput, MarginHead, QAConv
 
 __all__ = ["LOG_NAMES", "LOSS_NAMES", "ObjectiveResult", "TrainingObjective"]
 
@@ -97,7 +98,7 @@ class TrainingObjective(nn.Module):
                 matcher, out.feature_map, labels, occlusion)
         if self.losses.uses_occlusion:
             inputs["occlusion"] = out.occlusion
-            inputs["occlusion_target"] = visibility_target(visibility, out.occlusion.shape[-1])
+            inputs["occlusion_target"] = visibility_grid(visibility, out.occlusion.shape[-1])
         total, parts = self.losses(labels, **inputs)
         return ObjectiveResult(total, {LOG_NAMES[name]: value for name, value in parts.items()})
 

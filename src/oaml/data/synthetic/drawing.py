@@ -1,168 +1,31 @@
-"""Procedural face drawing behind :mod:`oaml.data.synthetic` (private).
+"""Procedural face drawing: a random background, then the face of :class:`FaceParams` part by part.
 
-Geometry lives in the canonical 112x112 ArcFace frame (SPEC §8): an identity's five landmarks are the
-template plus a small per-identity offset, and every part is placed relative to them. A per-image similarity
-transform (the pose jitter) is applied to the geometry itself, so ellipses and polygons are drawn directly
-where they land on a 2x supersampled canvas, with anti-aliased, sub-pixel (``shift``) OpenCV primitives.
+Every part is placed relative to the identity's five landmarks in the canonical 112 frame (SPEC §8) and
+drawn through the :class:`~oaml.data.synthetic.pen.Pen`, which applies the pose.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from enum import IntEnum
 
 import cv2
 import numpy as np
 
-__all__ = ["SUPERSAMPLE", "Color", "Expression", "FaceParams", "draw_background", "draw_face", "shade"]
+from oaml.data.synthetic.params import BeardStyle, Expression, FaceParams, GlassesStyle, HairStyle, shade
+from oaml.data.synthetic.pen import LINE, Pen
 
-Color = tuple[float, float, float]
-"""A BGR colour with components in 0..255."""
+__all__ = ["Background", "draw_background", "draw_face"]
 
-SUPERSAMPLE = 2
-"""Drawing happens at this multiple of 112 and is reduced with ``INTER_AREA``."""
-
-_SHIFT = 4  # fractional bits of OpenCV's fixed-point coordinates (1/16 px)
-_LINE = cv2.LINE_AA
+_HAIR_AROUND_HEAD = (HairStyle.LONG, HairStyle.CURLY)  # drawn behind the head too; they hide the ears
 
 
-@dataclass(frozen=True)
-class FaceParams:
-    """One identity: everything that stays fixed across its images. Lengths are in 112-frame pixels.
+class Background(IntEnum):
+    """The kind of a per-image background."""
 
-    ``landmarks`` are the identity's canonical eye centres, nose tip and mouth corners (template plus a
-    small offset); ``*_style`` fields are small integers selecting a discrete variant (0 = none).
-    """
-
-    landmarks: tuple[tuple[float, float], ...]
-    face_cy: float  # head: centre y, half-width, half-height; jaw narrowing below the ears and its exponent
-    face_ax: float
-    face_ay: float
-    jaw_taper: float
-    jaw_power: float
-    skin: Color  # colours are BGR 0..255
-    ear_size: float
-    eye_width: float  # eyes: size, outer-corner tilt (degrees), iris radius / half-width, lid line width
-    eye_height: float
-    eye_tilt: float
-    iris: Color
-    iris_ratio: float
-    lash: float
-    brow: Color  # brows: colour, thickness, arch height, outer-end rise, length, gap above the eye
-    brow_thickness: float
-    brow_arch: float
-    brow_slope: float
-    brow_length: float
-    brow_gap: float
-    nose_length: float  # bridge length above the tip, nostril spread
-    nose_width: float
-    lips: Color
-    upper_lip: float
-    lower_lip: float
-    hair_style: int  # 0 bald, 1 short, 2 long, 3 fringe, 4 swept, 5 curly, 6 buzz; hairline y; volume
-    hair: Color
-    hairline: float
-    hair_volume: float
-    beard_style: int  # 0 none, 1 stubble, 2 goatee, 3 full, 4 moustache
-    beard: Color
-    glasses_style: int  # 0 none, 1 round, 2 rectangular; frame colour, lens tint opacity, lens half-width
-    glasses: Color
-    glasses_tint: float
-    glasses_size: float
-    marks: tuple[tuple[float, float, float, float], ...]  # moles and freckles: x, y, radius, opacity
-    blush: float  # cheek blush opacity (0 = none)
-
-
-@dataclass(frozen=True)
-class Expression:
-    """Per-image, non-identity state of the face: expression, gaze, clothing, accessories."""
-
-    smile: float
-    mouth_open: float
-    brow_raise: float
-    eye_open: float
-    gaze: tuple[float, float]
-    shirt: Color
-    glasses_on: bool
-
-
-def shade(color: Color | np.ndarray, factor: float = 1.0, tint: Color | np.ndarray = (0.0, 0.0, 0.0)) -> Color:
-    """``color * factor + tint``, clipped to 0..255, as a BGR tuple."""
-    b, g, r = (float(min(255.0, max(0.0, c * factor + t))) for c, t in zip(color, tint, strict=True))
-    return (b, g, r)
-
-
-class Pen:
-    """Draws canonical-frame geometry onto a supersampled canvas through a 2x3 similarity ``matrix``."""
-
-    def __init__(self, canvas: np.ndarray, matrix: np.ndarray) -> None:
-        self.canvas = canvas
-        self.matrix = np.asarray(matrix, dtype=np.float64)
-        self.scale = math.hypot(self.matrix[0, 0], self.matrix[1, 0])
-        self.angle = math.degrees(math.atan2(self.matrix[1, 0], self.matrix[0, 0]))
-        # Output pixel j of the 2x reduction averages canvas pixels 2j and 2j+1, centred at 2j + 0.5.
-        self._fixed = self.matrix * (SUPERSAMPLE << _SHIFT)
-        self._fixed[:, 2] += (SUPERSAMPLE - 1) / 2 * (1 << _SHIFT)
-        self._box: list[int] | None = None
-
-    def map(self, points: np.ndarray) -> np.ndarray:
-        """Canonical 112-frame points (N x 2) to output 112-frame points."""
-        return np.asarray(points, dtype=np.float64) @ self.matrix[:, :2].T + self.matrix[:, 2]
-
-    def _fix(self, points: np.ndarray) -> np.ndarray:
-        fixed = np.rint(points @ self._fixed[:, :2].T + self._fixed[:, 2]).astype(np.int32)
-        if self._box is not None:
-            self._grow_box(fixed.min(axis=0), fixed.max(axis=0))
-        return fixed
-
-    def _grow_box(self, low: Sequence[int], high: Sequence[int]) -> None:
-        box = self._box
-        if box is not None:
-            box[0], box[1] = min(box[0], int(low[0])), min(box[1], int(low[1]))
-            box[2], box[3] = max(box[2], int(high[0])), max(box[3], int(high[1]))
-
-    def _px(self, length: float) -> int:
-        return max(1, round(length * self.scale * SUPERSAMPLE))
-
-    @contextlib.contextmanager
-    def blend(self, alpha: float) -> Iterator[None]:
-        """Everything drawn inside the block is composited over the canvas with opacity ``alpha``."""
-        base, self.canvas = self.canvas, self.canvas.copy()
-        self._box = [1 << 30, 1 << 30, -(1 << 30), -(1 << 30)]
-        try:
-            yield
-        finally:
-            layer, self.canvas, box = self.canvas, base, self._box
-            self._box = None
-            pad, size = 4, base.shape[0]
-            x0, y0 = max(0, (box[0] >> _SHIFT) - pad), max(0, (box[1] >> _SHIFT) - pad)
-            x1, y1 = min(size, (box[2] >> _SHIFT) + pad), min(size, (box[3] >> _SHIFT) + pad)
-            if x1 > x0 and y1 > y0:
-                roi = base[y0:y1, x0:x1]
-                cv2.addWeighted(layer[y0:y1, x0:x1], alpha, roi, 1.0 - alpha, 0.0, dst=roi)
-
-    def poly(self, points: np.ndarray, color: Color) -> None:
-        """Fill a polygon."""
-        cv2.fillPoly(self.canvas, [self._fix(points)], color, _LINE, _SHIFT)
-
-    def line(self, points: np.ndarray, color: Color, width: float, closed: bool = False) -> None:
-        """Stroke a polyline ``width`` pixels wide."""
-        cv2.polylines(self.canvas, [self._fix(points)], closed, color, self._px(width), _LINE, _SHIFT)
-
-    def ellipse(self, center: tuple[float, float], axes: tuple[float, float], color: Color, angle: float = 0.0,
-                width: float = -1.0, arc: tuple[float, float] = (0.0, 360.0)) -> None:
-        """Fill (``width < 0``) or stroke an ellipse or elliptic arc; ``angle`` in degrees, canonical frame."""
-        m = self._fixed
-        x, y = float(center[0]), float(center[1])
-        c = (round(m[0, 0] * x + m[0, 1] * y + m[0, 2]), round(m[1, 0] * x + m[1, 1] * y + m[1, 2]))
-        unit = self.scale * (SUPERSAMPLE << _SHIFT)
-        ax = (max(1, round(axes[0] * unit)), max(1, round(axes[1] * unit)))
-        thickness = -1 if width < 0 else self._px(width)
-        reach = max(ax) + (thickness << _SHIFT)
-        self._grow_box((c[0] - reach, c[1] - reach), (c[0] + reach, c[1] + reach))
-        cv2.ellipse(self.canvas, c, ax, angle + self.angle, arc[0], arc[1], color, thickness, _LINE, _SHIFT)
+    GRADIENT = 0  # a smooth 2x2 colour gradient
+    BLOTCHES = 1  # a blotchy texture of 3..11 cells
+    CLUTTER = 2  # blotches plus random rectangles and lines
 
 
 def _outline(p: FaceParams, t: np.ndarray, grow: float = 0.0) -> np.ndarray:
@@ -181,21 +44,21 @@ def _angle_at(p: FaceParams, y: float) -> float:
 def draw_background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A random per-image background: gradient, blotchy texture or clutter, ``size x size x 3`` uint8."""
     base = rng.uniform(25, 230) + rng.normal(0.0, rng.uniform(5, 45), 3)  # grey level plus a muted hue
-    kind = rng.integers(3)
-    cells = 2 if kind == 0 else int(rng.integers(3, 12))
+    kind = Background(int(rng.integers(3)))
+    cells = 2 if kind == Background.GRADIENT else int(rng.integers(3, 12))
     spread = rng.uniform(5, 40)
     small = np.clip(base + rng.normal(0.0, spread, (cells, cells, 3)), 0, 255).astype(np.uint8)
-    if kind > 0:  # cubic to a quarter size first: a direct cubic upscale costs ~1 ms
+    if kind != Background.GRADIENT:  # cubic to a quarter size first: a direct cubic upscale costs ~1 ms
         small = cv2.resize(small, (size // 4, size // 4), interpolation=cv2.INTER_CUBIC)
     image = cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
-    if kind == 2:
+    if kind == Background.CLUTTER:
         for _ in range(int(rng.integers(2, 7))):
             color = tuple(float(v) for v in np.clip(base + rng.normal(0, 50, 3), 0, 255))
             x0, y0, x1, y1 = (int(v) for v in rng.integers(0, size, 4))
             if rng.random() < 0.5:
-                cv2.rectangle(image, (x0, y0), (x1, y1), color, -1, _LINE)
+                cv2.rectangle(image, (x0, y0), (x1, y1), color, -1, LINE)
             else:
-                cv2.line(image, (x0, y0), (x1, y1), color, int(rng.integers(2, 12)), _LINE)
+                cv2.line(image, (x0, y0), (x1, y1), color, int(rng.integers(2, 12)), LINE)
     return image
 
 
@@ -209,9 +72,9 @@ def _draw_body(pen: Pen, p: FaceParams, e: Expression) -> None:
 
 
 def _draw_hair_back(pen: Pen, p: FaceParams) -> None:
-    if p.hair_style not in (2, 5):
+    if p.hair_style not in _HAIR_AROUND_HEAD:
         return
-    if p.hair_style == 5:  # curly: a rounded mass with a bumpy rim
+    if p.hair_style == HairStyle.CURLY:  # curly: a rounded mass with a bumpy rim
         t = np.linspace(0, 2 * math.pi, 60, endpoint=False)
         r = 1.0 + 0.035 * np.sin(15 * t)
         cx = 0.5 * (p.landmarks[0][0] + p.landmarks[1][0])
@@ -225,7 +88,7 @@ def _draw_hair_back(pen: Pen, p: FaceParams) -> None:
 
 
 def _draw_head(pen: Pen, p: FaceParams) -> None:
-    for side in (-1.0, 1.0) if p.hair_style not in (2, 5) else ():  # long and curly hair hide the ears
+    for side in (-1.0, 1.0) if p.hair_style not in _HAIR_AROUND_HEAD else ():  # long and curly hair hide the ears
         x, y = _outline(p, np.array([math.pi if side < 0 else 0.0]))[0]
         pen.ellipse((x + side * 0.8, y + 4), (0.5 * p.ear_size, p.ear_size), shade(p.skin, 0.88), side * 8)
         pen.ellipse((x + side * 1.5, y + 4), (0.22 * p.ear_size, 0.6 * p.ear_size), shade(p.skin, 0.7))
@@ -264,16 +127,16 @@ def _moustache(p: FaceParams) -> np.ndarray:
 
 
 def _draw_beard(pen: Pen, p: FaceParams) -> None:
-    if p.beard_style == 0:
+    if p.beard_style == BeardStyle.NONE:
         return
-    if p.beard_style in (1, 3):  # 1 stubble, 3 full
-        with pen.blend(0.3 if p.beard_style == 1 else 0.95):
+    if p.beard_style in (BeardStyle.STUBBLE, BeardStyle.FULL):
+        with pen.blend(0.3 if p.beard_style == BeardStyle.STUBBLE else 0.95):
             pen.poly(_beard_region(p), p.beard)
-    if p.beard_style == 2:  # goatee
+    if p.beard_style == BeardStyle.GOATEE:
         (lx, ly), rx = p.landmarks[3], p.landmarks[4][0]
         chin = p.face_cy + p.face_ay
         pen.ellipse((0.5 * (lx + rx), 0.5 * (ly + chin) + 2), (0.33 * (rx - lx), 0.5 * (chin - ly) + 1), p.beard)
-    if p.beard_style >= 2:  # goatee, full and moustache styles all have a moustache
+    if p.beard_style in (BeardStyle.GOATEE, BeardStyle.FULL, BeardStyle.MOUSTACHE):
         with pen.blend(0.95):
             pen.poly(_moustache(p), p.beard)
 
@@ -357,8 +220,9 @@ def _draw_brows(pen: Pen, p: FaceParams, e: Expression) -> None:
 
 def _hair_cap(p: FaceParams) -> np.ndarray:
     """Polygon of the hair on top of the face: outer head arc, then the hairline back across."""
-    bottom = {2: p.landmarks[3][1] + 8, 5: p.face_cy + 6}.get(p.hair_style, p.landmarks[0][1] + 2)
-    curtain = {2: 4.0, 5: 2.5}.get(p.hair_style, 1.0)
+    bottom = {HairStyle.LONG: p.landmarks[3][1] + 8, HairStyle.CURLY: p.face_cy + 6}.get(p.hair_style,
+                                                                                    p.landmarks[0][1] + 2)
+    curtain = {HairStyle.LONG: 4.0, HairStyle.CURLY: 2.5}.get(p.hair_style, 1.0)
     b = _angle_at(p, bottom)
     g = _angle_at(p, p.hairline + 15)
     outer = _outline(p, np.linspace(math.pi - b, 2 * math.pi + b, 40), p.hair_volume)
@@ -367,23 +231,23 @@ def _hair_cap(p: FaceParams) -> np.ndarray:
     u = np.linspace(1.0, -1.0, 17)
     x = right[-1, 0] + (left[0, 0] - right[-1, 0]) * (1 - u) / 2
     y = p.hairline + (right[-1, 1] - p.hairline) * np.abs(u) ** 3
-    if p.hair_style == 3:  # fringe: low, slightly jagged
+    if p.hair_style == HairStyle.FRINGE:  # low, slightly jagged
         y = np.maximum(y, p.hairline + 14 - 1.8 * (np.arange(u.size) % 2))
-    elif p.hair_style == 4:  # side-swept
+    elif p.hair_style == HairStyle.SWEPT:
         y = y + 9.0 * np.clip(u, 0, None) ** 0.7
     return np.vstack([outer, right, np.stack([x, y], 1), left])
 
 
 def _draw_hair_front(pen: Pen, p: FaceParams) -> None:
-    if p.hair_style == 0:
+    if p.hair_style == HairStyle.BALD:
         return
     cap = _hair_cap(p)
-    if p.hair_style == 6:  # buzz cut: the scalp shows through
+    if p.hair_style == HairStyle.BUZZ:  # the scalp shows through
         with pen.blend(0.6):
             pen.poly(cap, p.hair)
         return
     pen.poly(cap, p.hair)
-    if p.hair_style == 5:  # curls along the edge
+    if p.hair_style == HairStyle.CURLY:  # curls along the edge
         for i, (x, y) in enumerate(cap):
             pen.ellipse((x, y), (3.0, 3.0), shade(p.hair, 0.85 if i % 2 else 1.12))
         return
@@ -394,10 +258,10 @@ def _draw_hair_front(pen: Pen, p: FaceParams) -> None:
 
 
 def _draw_glasses(pen: Pen, p: FaceParams, e: Expression) -> None:
-    if p.glasses_style == 0 or not e.glasses_on:
+    if p.glasses_style == GlassesStyle.NONE or not e.glasses_on:
         return
     a, b = p.glasses_size, 0.76 * p.glasses_size
-    n = 2.0 if p.glasses_style == 1 else 5.0
+    n = 2.0 if p.glasses_style == GlassesStyle.ROUND else 5.0
     t = np.linspace(0, 2 * math.pi, 28, endpoint=False)
     c, s = np.cos(t), np.sin(t)
     lens = np.stack([a * np.sign(c) * np.abs(c) ** (2 / n), b * np.sign(s) * np.abs(s) ** (2 / n)], 1)
