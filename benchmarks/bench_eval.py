@@ -69,7 +69,7 @@ def _recognizer(seed: int = 0) -> FaceRecognizer:
     model = build_face_model(ARCH, WIDTH).eval()
     info = ModelInfo(path="<random init>", sha256="", kind="oaml", source_layout="oaml", arch=ARCH, width=WIDTH,
                      input_size=FACE_SIZE, channel_order=ChannelOrder.BGR, occlusion_method="scaling",
-                     qaconv_unavailable=None, num_classes=None, checkpoint_version=None)
+                     embedding_gate=False, qaconv_unavailable=None, num_classes=None, checkpoint_version=None)
     meta = CheckpointMeta(ARCH, WIDTH)
     loaded = LoadedFaceModel(model.backbone, model.occlusion_head, model.qaconv, meta, "oaml")
     return FaceRecognizer(loaded, info, batch_size=64)

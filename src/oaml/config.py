@@ -42,7 +42,7 @@ __all__ = [
     "validate",
 ]
 
-OCCLUSION_METHODS = ("scaling", "none")
+OCCLUSION_METHODS = ("scaling", "normalised", "none")
 _AUTO_WORKERS = 8  # beyond this the decoders of 112x112 JPEGs out-run any single device
 
 
@@ -149,6 +149,8 @@ class ModelConfig:
     h: float = _opt(0.333, "AdaFace feature-norm concentration (h=0 makes AdaFace a CosFace)")
     s: float = _opt(64.0, "logit scale")
     t_alpha: float = _opt(0.01, "AdaFace EMA momentum of the feature-norm statistics")
+    embedding_gate: bool = _opt(False, "gate the feature map by the predicted visibility before the embedding layer "
+                                "(FROM-style), so hidden regions leave the global embedding too")
 
     def __post_init__(self) -> None:
         for key in ("arch", "head"):
@@ -171,7 +173,8 @@ class LossConfig:
     occlusion_loss_weight: float = _opt(0.3, "weight of the occlusion-map MSE")
     triplet_weight: float = _opt(0.5, "weight of the softmax-triplet losses inside the QAConv term")
     triplet_margin: float = _opt(1.0, "batch-hard triplet margin")
-    occlusion_method: str = _opt("scaling", "how visibility maps weight QAConv: scaling or none")
+    occlusion_method: str = _opt("scaling", "how visibility maps weight QAConv: scaling (the seed's), normalised "
+                                 "(hidden locations neither match nor mismatch) or none")
     occlusion_detach: bool = _opt(False, "QAConv losses send no gradient into the visibility maps (the occlusion "
                                   "head then learns from its MSE alone)")
     instances_per_identity: int = _opt(4, "K of the PK sampler: images per identity in a batch")

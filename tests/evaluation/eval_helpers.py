@@ -27,7 +27,8 @@ def _randomise_bn(module: torch.nn.Module, seed: int) -> None:
 
 
 def make_oaml_checkpoint(path: Path, arch: str = TINY_ARCH, width: float = TINY_WIDTH, num_classes: int = 7,
-                         channel_order: str = "bgr", occlusion_method: str = "scaling", seed: int = 0) -> Path:
+                         channel_order: str = "bgr", occlusion_method: str = "scaling", seed: int = 0,
+                         embedding_gate: bool = False) -> Path:
     """Save a checkpoint in our layout (model.*, objective.head.*, objective.class_memory.* and the "oaml" entry)
     with the library's writer."""
     torch.manual_seed(seed)
@@ -40,7 +41,7 @@ def make_oaml_checkpoint(path: Path, arch: str = TINY_ARCH, width: float = TINY_
                                                          dtype=torch.float16)
     meta = CheckpointMeta(arch, width, channel_order=ChannelOrder(channel_order), occlusion_method=occlusion_method,
                           num_classes=num_classes, class_names=tuple(f"id{k}" for k in range(num_classes)),
-                          version="0.1.0")
+                          version="0.1.0", embedding_gate=embedding_gate)
     return save_checkpoint(path, state, meta, epoch=1, global_step=10)
 
 

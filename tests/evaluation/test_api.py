@@ -88,6 +88,21 @@ def test_occlusion_method_none_disables_the_maps_in_matching(tmp_path: Path) -> 
     assert rec.match(FACES[:2], FACES[2:4]).shape == (2,)
 
 
+def test_normalised_and_gated_checkpoint_loads_as_trained(tmp_path: Path) -> None:
+    from oaml.data.transforms import normalise_batch
+
+    rec = load_model(make_oaml_checkpoint(tmp_path / "gate.ckpt", occlusion_method="normalised", embedding_gate=True))
+    assert rec.info.embedding_gate and rec.info.occlusion_method == "normalised" and rec.uses_occlusion
+    assert rec.qaconv is not None and rec.qaconv.visibility == "normalised"
+    with torch.no_grad():
+        maps = rec.backbone.forward_features(normalise_batch(torch.from_numpy(FACES), rec.info.channel_order))
+        raw = rec.backbone.output_layer(maps * rec.occlusion_head(maps))
+    expected = torch.nn.functional.normalize(raw, dim=1).numpy()
+    np.testing.assert_allclose(rec.embed(FACES, flip=False)[0], expected, atol=1e-5)
+    plain = load_model(make_oaml_checkpoint(tmp_path / "plain.ckpt"))
+    assert not np.allclose(plain.embed(FACES, flip=False)[0], expected, atol=1e-3)
+
+
 def test_released_adaface_layout_loads_backbone_only(released_ckpt: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):

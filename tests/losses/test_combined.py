@@ -45,6 +45,15 @@ def test_total_matches_the_formula() -> None:
     assert all(not value.requires_grad for value in parts.values())
 
 
+def test_class_memory_term_is_absent_until_a_sample_has_a_neighbour() -> None:
+    inputs = _inputs()
+    inputs["memory_valid"] = torch.zeros_like(inputs["memory_valid"]).index_fill_(1, torch.tensor([0]), True)
+    total, parts = CombinedLoss()(LABELS, **inputs)
+    assert "cls" not in parts and "cls_acc" not in parts and "triplet" in parts
+    with_memory, _ = CombinedLoss()(LABELS, **_inputs())
+    assert total.item() == pytest.approx(with_memory.item() - 0.7 * 0.5 * math.log(2), rel=1e-6)
+
+
 def test_disabled_components_are_not_computed() -> None:
     loss = CombinedLoss(adaface_weight=1.0, qaconv_weight=0.0, occlusion_weight=0.0)
     assert (loss.uses_adaface, loss.uses_qaconv, loss.uses_class_memory, loss.uses_occlusion) == (True, False, False,

@@ -97,6 +97,21 @@ def test_no_graph_before_two_classes_are_seen() -> None:
     assert torch.all(memory.graph == -1)
 
 
+def test_graph_is_stale_when_the_seen_classes_double() -> None:
+    memory = ClassMemory(6, 3, 1, 2, k_nearest=2)
+    features = _class_features(ANGLES)
+    memory.update(features[:1], torch.tensor([0]))
+    assert not memory.graph_is_stale()  # one class: no neighbour to find
+    memory.update(features[1:2], torch.tensor([1]))
+    assert memory.graph_is_stale()
+    memory.rebuild_graph()
+    assert memory.seen_at_build == 2 and not memory.graph_is_stale()
+    memory.update(features[2:3], torch.tensor([2]))
+    assert not memory.graph_is_stale()  # 3 < 2 x 2
+    memory.update(features[3:4], torch.tensor([3]))
+    assert memory.graph_is_stale()  # 4 = 2 x 2
+
+
 def test_state_dict_round_trip() -> None:
     memory = _filled(k=2)
     memory.rebuild_graph()

@@ -22,9 +22,9 @@ from .conftest import make_checkpoint
 OUTPUTS = ("embedding", "norm", "feature_map", "occlusion")
 
 
-def _qaconv(channels: int = 16, seed: int = 0) -> QAConv:
+def _qaconv(channels: int = 16, seed: int = 0, visibility: str = "scaling") -> QAConv:
     torch.manual_seed(seed)
-    qaconv = QAConv(channels, 7, 7)
+    qaconv = QAConv(channels, 7, 7, visibility=visibility)
     with torch.no_grad():  # trained-looking parameters instead of the init values
         for bn, (mean, var, weight, bias) in ((qaconv.bn, (0.3, 0.05, 1.3, -0.2)),
                                               (qaconv.logit_bn, (0.7, 2.5, 0.8, 0.1))):
@@ -53,6 +53,22 @@ def test_numpy_matching_equals_qaconv_eval() -> None:
                                                   gallery_occ.numpy(), off), plain, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="N x 16 x 7 x 7"):
         qaconv_numpy_match(probe.numpy()[:, :8], gallery.numpy(), None, None, params)
+
+
+def test_numpy_matching_equals_normalised_qaconv_eval() -> None:
+    qaconv = _qaconv(visibility="normalised")
+    probe, gallery = torch.randn(4, 16, 7, 7), torch.randn(3, 16, 7, 7)
+    probe_occ, gallery_occ = torch.rand(4, 1, 7, 7), torch.rand(3, 1, 7, 7)
+    gallery_occ[1] = 0.0  # nothing visible: the pair's score is the bias alone
+    with torch.no_grad():
+        expected = qaconv(probe, gallery, probe_occ, gallery_occ).numpy()
+        plain = qaconv(probe, gallery).numpy()
+    params = qaconv_params(qaconv, occlusion_weighting=True)
+    assert str(params["visibility"]) == "normalised"
+    ours = qaconv_numpy_match(probe.numpy(), gallery.numpy(), probe_occ.numpy(), gallery_occ.numpy(), params)
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(qaconv_numpy_match(probe.numpy(), gallery.numpy(), None, None, params), plain,
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_onnx_export_parity_metadata_and_qaconv_sidecars(tiny_ckpt: Path, tmp_path: Path, onnx_extra: None) -> None:

@@ -67,7 +67,9 @@ class ModelInfo:
         width: Width multiplier.
         input_size: Side of the square input in pixels.
         channel_order: Channel order the backbone expects.
-        occlusion_method: ``"scaling"`` (visibility maps weight QAConv), ``"none"``, or ``"unavailable"``.
+        occlusion_method: ``"scaling"`` or ``"normalised"`` (how visibility maps weight QAConv), ``"none"``, or
+            ``"unavailable"``.
+        embedding_gate: The predicted visibility gates the feature map before the embedding layer.
         qaconv_unavailable: Why QAConv is unavailable, or None when it is available.
         num_classes: Training class count recorded in the checkpoint, if any.
         checkpoint_version: oaml version that wrote the checkpoint, if recorded.
@@ -82,6 +84,7 @@ class ModelInfo:
     input_size: int
     channel_order: ChannelOrder
     occlusion_method: str
+    embedding_gate: bool
     qaconv_unavailable: str | None
     num_classes: int | None
     checkpoint_version: str | None
@@ -94,7 +97,7 @@ class ModelInfo:
                    kind="oaml" if has_qaconv else "backbone_only", source_layout=loaded.layout,
                    arch=meta.arch, width=float(loaded.backbone.width),
                    input_size=int(loaded.backbone.input_size), channel_order=meta.channel_order,
-                   occlusion_method=meta.occlusion_method,
+                   occlusion_method=meta.occlusion_method, embedding_gate=meta.embedding_gate,
                    qaconv_unavailable=None if has_qaconv else QACONV_UNAVAILABLE_REASON,
                    num_classes=meta.num_classes, checkpoint_version=meta.version)
 
@@ -136,7 +139,7 @@ class FaceRecognizer:
     @property
     def uses_occlusion(self) -> bool:
         """True when the predicted visibility maps weight the QAConv similarities."""
-        return self.occlusion_head is not None and self.info.occlusion_method == "scaling"
+        return self.occlusion_head is not None and self.info.occlusion_method in ("scaling", "normalised")
 
     @property
     def match_method(self) -> str:
@@ -159,7 +162,8 @@ class FaceRecognizer:
         Returns:
             The batch's :class:`~oaml.evaluation.scoring.BatchFeatures` on the CPU.
         """
-        return embed_views(self.backbone, self.occlusion_head, self._prepare(images), with_maps, flip).cpu()
+        return embed_views(self.backbone, self.occlusion_head, self._prepare(images), with_maps, flip,
+                           gate=self.info.embedding_gate).cpu()
 
     def iter_batches(self, images: ImageInput) -> Iterator[np.ndarray]:
         """Yield uint8 ``b x S x S x 3`` BGR batches of at most ``batch_size`` faces.

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from oaml.evaluation.verification import KFoldResult, combined_ten_fold_accuracy, dynamic_weights, ten_fold_accuracy
+from oaml.models import IResNet, OcclusionHead, embed_faces
 
 __all__ = ["FUSION_NOTE", "BatchFeatures", "PairScores", "cosine_paired", "cosine_upper", "embed_views",
            "fuse_flip", "fuse_label_free", "fused_ten_fold", "qaconv_all", "qaconv_paired", "qaconv_upper",
@@ -83,8 +84,8 @@ def fuse_flip(e1: Tensor, n1: Tensor, e2: Tensor, n2: Tensor) -> Tensor:
     return F.normalize((e1 * n1.reshape(-1, 1) + e2 * n2.reshape(-1, 1)).float(), dim=1, eps=_NORM_EPS)
 
 
-def embed_views(backbone: nn.Module, occlusion_head: nn.Module | None, x: Tensor, with_maps: bool = False,
-                flip: bool = True) -> BatchFeatures:
+def embed_views(backbone: IResNet, occlusion_head: OcclusionHead | None, x: Tensor, with_maps: bool = False,
+                flip: bool = True, gate: bool = False) -> BatchFeatures:
     """Embed normalised faces ``x`` (B x 3 x S x S) together with their mirror images, in one forward pass.
 
     Args:
@@ -93,13 +94,16 @@ def embed_views(backbone: nn.Module, occlusion_head: nn.Module | None, x: Tensor
         x: the faces, already normalised in the model's channel order.
         with_maps: keep the feature maps (and visibility maps) of both views.
         flip: fuse each face with its mirror; False gives the plain embedding of the faces alone.
+        gate: the model gates its feature map by the predicted visibility before the embedding layer
+            (:func:`oaml.models.face_model.embed_faces`).
 
     Returns:
         The :class:`BatchFeatures` of ``x``, on ``x``'s device.
     """
     batch = x.shape[0]
-    embedding, norm, feature_map = backbone(torch.cat([x, x.flip(3)]) if flip else x)
-    occlusion = occlusion_head(feature_map) if with_maps and occlusion_head is not None else None
+    embedding, norm, feature_map, occlusion = embed_faces(backbone, occlusion_head if with_maps or gate else None,
+                                                          torch.cat([x, x.flip(3)]) if flip else x, gate=gate)
+    occlusion = occlusion if with_maps else None
     if flip:
         fused = fuse_flip(embedding[:batch], norm[:batch], embedding[batch:], norm[batch:])
         mean_norm = (norm[:batch] + norm[batch:]).float().reshape(-1) / 2
@@ -320,8 +324,9 @@ class PairScores:
 
 
 @torch.no_grad()
-def score_pair_batch(backbone: nn.Module, occlusion_head: nn.Module | None, qaconv: nn.Module | None, images: Tensor,
-                     issame: Tensor, set_index: Tensor, global_index: Tensor, occlusion_aware: bool) -> PairScores:
+def score_pair_batch(backbone: IResNet, occlusion_head: OcclusionHead | None, qaconv: nn.Module | None, images: Tensor,
+                     issame: Tensor, set_index: Tensor, global_index: Tensor, occlusion_aware: bool,
+                     gate: bool = False) -> PairScores:
     """Score the pairs (2k, 2k+1) of one verification batch of normalised faces (validation and test).
 
     Raises:
@@ -330,7 +335,8 @@ def score_pair_batch(backbone: nn.Module, occlusion_head: nn.Module | None, qaco
     if images.shape[0] % 2 or int(global_index[0]) % 2:
         raise ValueError(f"validation batches must hold whole pairs; got {images.shape[0]} images starting at "
                          f"image {int(global_index[0])}: use an even batch size and a sequential sampler")
-    feats = embed_views(backbone, occlusion_head if occlusion_aware else None, images, with_maps=qaconv is not None)
+    feats = embed_views(backbone, occlusion_head if occlusion_aware or gate else None, images,
+                        with_maps=qaconv is not None, gate=gate)
     first = torch.arange(0, images.shape[0], 2, device=images.device)
     second = first + 1
     dist = squared_distances(feats.embedding[first], feats.embedding[second]).float().cpu()

@@ -34,8 +34,9 @@ class CombinedResult(NamedTuple):
         total: the weighted scalar loss (carries the gradient).
         parts: every computed component by name, detached 0-d tensors for logging: ``total`` and the
             unweighted ``adaface``, ``pairwise``, ``pairwise_acc``, ``cls``, ``cls_acc``, ``triplet``,
-            ``triplet_acc``, ``occlusion`` (only those whose weight is non-zero). Tensors rather than
-            Python floats so that logging needs no device synchronisation; ``float(v)`` converts one.
+            ``triplet_acc``, ``occlusion`` (only those whose weight is non-zero; ``cls`` and ``cls_acc`` only when
+            some sample of the batch has a class-memory logit to learn from). Tensors rather than Python floats;
+            ``float(v)`` converts one.
     """
 
     total: Tensor
@@ -176,7 +177,9 @@ class CombinedLoss(nn.Module):
         if self.uses_class_memory:
             logits = _require(memory_logits, "memory_logits", "triplet")
             valid = _require(memory_valid, "memory_valid", "triplet")
-            cls_loss, triplet_loss, cls_acc, triplet_acc = self.softmax_triplet(score, labels, logits, valid)
-            parts.update(cls=cls_loss, triplet=triplet_loss, cls_acc=cls_acc, triplet_acc=triplet_acc)
+            cls_loss, triplet_loss, cls_acc, triplet_acc, cls_rows = self.softmax_triplet(score, labels, logits, valid)
+            parts.update(triplet=triplet_loss, triplet_acc=triplet_acc)
+            if int(cls_rows):  # absent until the memory holds a sample's class and a neighbour (not a fake 0)
+                parts.update(cls=cls_loss, cls_acc=cls_acc)
             term = term + self.triplet_weight * (cls_loss + triplet_loss)
         return term

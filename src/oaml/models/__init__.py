@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from oaml.models.checkpoint import extract_prefixed, load_backbone
 from oaml.models.class_memory import ClassMemory
-from oaml.models.face_model import FaceModel, FaceOutput, build_face_model
+from oaml.models.face_model import FaceModel, FaceOutput, build_face_model, embed_faces
 from oaml.models.heads import HEADS, PAPER_MARGINS, AdaFace, ArcFace, CosFace, MarginHead, build_head
 from oaml.models.iresnet import BACKBONES, BackboneOutput, IResNet, build_backbone
 from oaml.models.occlusion import OcclusionHead
@@ -32,6 +32,7 @@ __all__ = [
     "build_backbone",
     "build_face_model",
     "build_head",
+    "embed_faces",
     "extract_prefixed",
     "load_backbone",
 ]

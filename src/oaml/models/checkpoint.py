@@ -269,7 +269,9 @@ class CheckpointMeta:
         width: width multiplier.
         input_size: side of the square input.
         channel_order: channel order the backbone expects.
-        occlusion_method: how visibility maps weight QAConv (``scaling``, ``none``; ``unavailable`` without QAConv).
+        occlusion_method: how visibility maps weight QAConv (``scaling``, ``normalised``, ``none``; ``unavailable``
+            without QAConv).
+        embedding_gate: the predicted visibility gates the feature map before the embedding layer.
         num_classes: training identities (the margin head's columns), if known.
         class_names: the training identity names.
         version: oaml version that wrote the checkpoint.
@@ -284,6 +286,7 @@ class CheckpointMeta:
     num_classes: int | None = None
     class_names: tuple[str, ...] = ()
     version: str | None = None
+    embedding_gate: bool = False
     config: dict[str, Any] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -291,7 +294,8 @@ class CheckpointMeta:
         return {"format": CHECKPOINT_FORMAT, "arch": self.arch, "width": float(self.width),
                 "input_size": int(self.input_size), "channel_order": self.channel_order.value,
                 "occlusion_method": self.occlusion_method, "num_classes": self.num_classes,
-                "class_names": list(self.class_names), "version": self.version, "config": self.config}
+                "class_names": list(self.class_names), "version": self.version,
+                "embedding_gate": bool(self.embedding_gate), "config": self.config}
 
     @classmethod
     def from_entry(cls, entry: Mapping[str, Any], source: str, inferred: Mapping[str, Any] | None = None
@@ -322,6 +326,7 @@ class CheckpointMeta:
                    int(classes) if isinstance(classes, int) and not isinstance(classes, bool) else None,
                    tuple(str(n) for n in entry.get("class_names") or ()),
                    None if entry.get("version") is None else str(entry["version"]),
+                   bool(entry.get("embedding_gate", model.get("embedding_gate", False))),
                    dict(config) if config is not None else None)
 
 
@@ -415,7 +420,9 @@ def load_face_model(path: str | os.PathLike[str], arch: str | None = None) -> Lo
     entry = checkpoint.get("oaml") if isinstance(checkpoint.get("oaml"), Mapping) else {}
     inferred = infer_backbone_config(extract_prefixed(weights, "backbone."), source)
     meta = CheckpointMeta.from_entry(entry, source, inferred)
-    model = build_face_model(arch or meta.arch, width=meta.width, input_size=meta.input_size)
+    model = build_face_model(arch or meta.arch, width=meta.width, input_size=meta.input_size,
+                             visibility="normalised" if meta.occlusion_method == "normalised" else "scaling",
+                             embedding_gate=meta.embedding_gate)
     hint = (f" The checkpoint was trained as {meta.arch} (width {meta.width:g}); --arch {arch} does not match it."
             if arch and arch != meta.arch else "")
     _load_strict(model, weights, f"{source}: the weights do not fit {arch or meta.arch} width "

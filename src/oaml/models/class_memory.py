@@ -4,6 +4,9 @@ Each class keeps the feature map of its latest training sample (detached, every 
 stored in fp16). It is a buffer, not a trained parameter, so it is saved and restored with the
 ``state_dict`` (SPEC §10) together with the ``seen`` flags and the class ``graph``. Every epoch the graph
 is rebuilt: each class's ``k_nearest`` most similar seen classes, by the cosine of the flattened memories.
+Before the first epoch ends it is also rebuilt whenever the number of seen classes has doubled since the last
+build (:meth:`ClassMemory.graph_is_stale`), so the class-memory loss has neighbours from the first steps on at
+most twice the cost of one build.
 For a sample of class y the classification logits are QAConv(F, memory[{y} ∪ kNN(y)]).
 
 Order within a training step: compute the logits with :meth:`ClassMemory.logits` first, then call
@@ -74,6 +77,7 @@ class ClassMemory(nn.Module):
         )
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool, device=place))
         self.register_buffer("graph", torch.full((num_classes, k_nearest), -1, dtype=torch.long, device=place))
+        self.seen_at_build = 0  # seen classes when the graph was last built
 
     def _apply(self, fn: Any, recurse: bool = True) -> ClassMemory:
         if self._pinned_device is not None:
@@ -123,6 +127,7 @@ class ClassMemory(nn.Module):
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self.graph.fill_(-1)
         seen_idx = torch.nonzero(self.seen, as_tuple=False).flatten()
+        self.seen_at_build = int(seen_idx.numel())
         k = min(self.k_nearest, seen_idx.numel() - 1)
         if k < 1:
             return
@@ -133,6 +138,11 @@ class ClassMemory(nn.Module):
         for start in range(0, seen_idx.numel(), chunk_size):
             positions = self._top_k_for(source, index, start, k, chunk_size)
             self.graph[seen_idx[start : start + chunk_size], :k] = seen_idx[positions.to(seen_idx.device)]
+
+    def graph_is_stale(self) -> bool:
+        """True when at least two classes are seen and their number has doubled since the graph was built."""
+        seen = int(self.seen.sum())
+        return seen >= 2 and seen >= 2 * self.seen_at_build
 
     @staticmethod
     def _top_k_for(source: Tensor, index: Tensor, start: int, k: int, chunk_size: int) -> Tensor:

@@ -220,10 +220,14 @@ class IResNet(nn.Module):
             BackboneOutput with the unit embedding (B x 512), its norm (B x 1) and the feature map.
         """
         feature_map = self.forward_features(x)
+        embedding, norm = self.embed(feature_map)
+        return BackboneOutput(embedding, norm, feature_map)
+
+    def embed(self, feature_map: Tensor) -> tuple[Tensor, Tensor]:
+        """``output_layer`` on a (possibly visibility-gated) B x C x s x s feature map: (unit embedding, norm)."""
         raw = self.output_layer(feature_map)
         norm = torch.linalg.vector_norm(raw, ord=2, dim=1, keepdim=True)
-        embedding = raw / norm.clamp_min(_NORM_EPS)
-        return BackboneOutput(embedding, norm, feature_map)
+        return raw / norm.clamp_min(_NORM_EPS), norm
 
 
 def _create_iresnet(

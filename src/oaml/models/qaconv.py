@@ -12,6 +12,20 @@ features before the matrix product and costs nothing extra. Then a[p,g,s] = max_
 b[p,g,r] = max_s S', ``bn`` (BatchNorm1d(1)) normalises all those values together, the shared ``fc``
 (Linear(hw -> 1)) scores each direction, the two are summed and ``logit_bn`` gives the logit.
 
+That is the seed's ``scaling`` weighting. A hidden location still takes part: its similarity becomes 0, which the
+max-pooling and ``fc`` read as a (weak) mismatch of every pair, genuine or not, and a visible location of the other
+image whose counterpart is hidden is still matched (to the wrong place). ``visibility="normalised"`` removes both:
+
+- S~[p,g,r,s] = O_prob[p,s] · O_gal[g,r] · (S + 1) - 1: a hidden location's similarities drop to -1, the lowest
+  cosine, so it is never the best match of anything (the max runs over visible locations only);
+- each direction's score is a weighted mean over locations with weights J[p,g,l] = O_prob[p,l] · O_gal[g,l]
+  (visible in *both* images; faces are aligned, so location l is the same part of both faces), normalised to sum
+  to hw: fc(J / mean(J) · bn(a)) instead of fc(bn(a)). A location hidden in either image adds nothing, neither a
+  match nor a mismatch, and the remaining ones keep the score on the same scale.
+
+With all-ones maps both reduce to the plain QAConv 2.1 matcher (to rounding: (S + 1) - 1). The weights cost one
+extra P·G·hw tensor beside the pooled values; the S blocks and the chunking are unchanged.
+
 Memory and chunking: S has P·G·hw² entries. It is computed block by block as one (pc·hw x C) @
 (C x gc·hw) matrix product followed by two max reductions, and only the max-pooled values (hw times fewer)
 leave a block. Chunking never changes results: S and the pooling are independent per pair, and
@@ -30,7 +44,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["QAConv"]
+__all__ = ["QAConv", "VISIBILITY_MODES"]
+
+VISIBILITY_MODES = ("scaling", "normalised")
+"""How visibility maps enter the matching: the seed's similarity scaling, or visibility-normalised matching."""
 
 _NORM_EPS = 1e-6  # floor of a location vector's norm (an all-zero location gets similarity 0)
 _S_BYTES = 4  # bytes per similarity, fp32 (bf16/fp16 under autocast need half of that)
@@ -46,6 +63,7 @@ class QAConv(nn.Module):
         max_chunk_bytes: budget of one block of similarities S (fp32 bytes); blocks of probes and
             gallery images are sized so that pc·gc·hw²·4 <= max_chunk_bytes. The default 256 MiB keeps a
             2000 x 2000 all-pairs match of 512 x 7 x 7 maps well under 2 GB of extra memory in eval mode.
+        visibility: how visibility maps weight the matching, one of :data:`VISIBILITY_MODES` (module docstring).
 
     Attributes:
         bn: BatchNorm1d(1) over all max-pooled similarities.
@@ -53,12 +71,16 @@ class QAConv(nn.Module):
         logit_bn: BatchNorm1d(1) over the scores.
     """
 
-    def __init__(self, num_features: int, height: int, width: int, max_chunk_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, num_features: int, height: int, width: int, max_chunk_bytes: int = 256 * 2**20,
+                 visibility: str = "scaling") -> None:
         super().__init__()
         if min(num_features, height, width) < 1:
             raise ValueError(f"num_features, height and width must be positive, got {num_features}, {height}, {width}")
         if max_chunk_bytes < 1:
             raise ValueError(f"max_chunk_bytes must be positive, got {max_chunk_bytes}")
+        if visibility not in VISIBILITY_MODES:
+            raise ValueError(f"visibility must be one of {VISIBILITY_MODES}, got {visibility!r}")
+        self.visibility = visibility
         self.num_features = num_features
         self.height = height
         self.width = width
@@ -124,23 +146,31 @@ class QAConv(nn.Module):
             In training mode the BNs use batch statistics, so P·G must be at least 2.
         """
         num_probe, num_gallery = probe.shape[0], gallery.shape[0]
+        vis_p, vis_g = self._normalised_visibility(probe, gallery, probe_occ, gallery_occ)
         # C x N·hw columns: a block of S is one 2-D product of column slices (no per-block copies). On CPU
         # this operand layout measured 2-4x faster than N·hw x C rows in the backward pass.
-        prob = self._columns(self._prepare(probe, probe_occ, "probe"))
-        gal = self._columns(self._prepare(gallery, gallery_occ, "gallery"))
+        prob = self._columns(self._prepare(probe, probe_occ, "probe"), vis_p)
+        gal = self._columns(self._prepare(gallery, gallery_occ, "gallery"), vis_g)
         pc, gc = self.block_sizes(num_probe, num_gallery, chunk_size)
         batch_stats = self.bn.training or self.logit_bn.training
         hw = self.hw
-        rows = []
+        rows, weight_rows = [], []
         for i in range(0, num_probe, pc):
-            row = []
+            row, weight_row = [], []
             for j in range(0, num_gallery, gc):
                 pooled = self._pool_block(prob[:, i * hw : (i + pc) * hw], gal[:, j * hw : (j + gc) * hw])
+                weights = None if vis_p is None else _joint_weights(vis_p[i : i + pc, None], vis_g[None, j : j + gc])
+                if vis_p is not None:
+                    pooled = pooled - 1.0  # the columns carry O_p O_g (S + 1): max(x) - 1 = max(x - 1)
                 # Eval: the BNs are fixed affine maps, so a block can be scored on its own.
-                row.append(pooled if batch_stats else self._score(pooled))
+                row.append(pooled if batch_stats else self._score(pooled, weights))
+                weight_row.append(weights)
             rows.append(torch.cat(row, dim=1))
+            weight_rows.append(None if vis_p is None else torch.cat(weight_row, dim=1))
         out = torch.cat(rows, dim=0)
-        return self._score(out) if batch_stats else out
+        if not batch_stats:
+            return out
+        return self._score(out, None if vis_p is None else torch.cat(weight_rows, dim=0))
 
     def match_groups(
         self,
@@ -174,7 +204,11 @@ class QAConv(nn.Module):
         # of the features: the features are read by the product and the norms only, never rewritten.
         prob, prob_scale = self._location_scale(probe, probe_occ, "probe")
         flat_occ = None if gallery_occ is None else gallery_occ.reshape(num * groups, *gallery_occ.shape[2:])
-        gal, gal_scale = self._location_scale(gallery.reshape(num * groups, *gallery.shape[2:]), flat_occ, "gallery")
+        flat_gallery = gallery.reshape(num * groups, *gallery.shape[2:])
+        gal, gal_scale = self._location_scale(flat_gallery, flat_occ, "gallery")
+        vis_p, vis_g = self._normalised_visibility(probe, flat_gallery, probe_occ, flat_occ)
+        if vis_g is not None:
+            vis_g = vis_g.reshape(num, groups * self.hw)
         # B x C x K·hw (a view when K = 1, the paired case)
         gal = gal.reshape(num, groups, self.num_features, self.hw).transpose(1, 2).reshape(num, self.num_features, -1)
         gal_scale = gal_scale.reshape(num, groups * self.hw)
@@ -183,20 +217,24 @@ class QAConv(nn.Module):
         per_probe = groups * self.hw * self.hw * _S_BYTES
         step = chunk_size if chunk_size is not None else max(1, self.max_chunk_bytes // per_probe)
         blocks = [
-            self._pool_group(prob[i : i + step], gal[i : i + step], prob_scale[i : i + step], gal_scale[i : i + step])
+            self._pool_group(prob[i : i + step], gal[i : i + step], prob_scale[i : i + step], gal_scale[i : i + step],
+                             None if vis_p is None else (vis_p[i : i + step], vis_g[i : i + step]))
             for i in range(0, num, step)
         ]
         pooled = torch.cat(blocks, dim=0)  # B x K x 2 x hw
-        if valid is None:
-            return self._score(pooled)
-        if valid.shape != (num, groups):
-            raise ValueError(f"valid must have shape {(num, groups)}, got {tuple(valid.shape)}")
+        weights = None if vis_p is None else _joint_weights(vis_p[:, None], vis_g.reshape(num, groups, self.hw))
+        return self._score(pooled, weights) if valid is None else self._score_valid(pooled, weights, valid)
+
+    def _score_valid(self, pooled: Tensor, weights: Tensor | None, valid: Tensor) -> Tensor:
+        """Score only the valid entries of B x K pooled similarities (and weights); 0 elsewhere."""
+        if valid.shape != pooled.shape[:2]:
+            raise ValueError(f"valid must have shape {tuple(pooled.shape[:2])}, got {tuple(valid.shape)}")
         valid = valid.to(device=pooled.device, dtype=torch.bool)
         if not bool(valid.any()):
-            return pooled.new_zeros(num, groups)
-        scores = self._score(pooled[valid].unsqueeze(1)).squeeze(1)
-        out = torch.zeros(num, groups, dtype=scores.dtype, device=scores.device)
-        return out.masked_scatter(valid, scores)
+            return pooled.new_zeros(valid.shape)
+        scores = self._score(pooled[valid].unsqueeze(1), None if weights is None else weights[valid].unsqueeze(1))
+        out = torch.zeros(valid.shape, dtype=scores.dtype, device=scores.device)
+        return out.masked_scatter(valid, scores.squeeze(1))
 
     def match_pairs(
         self,
@@ -239,14 +277,30 @@ class QAConv(nn.Module):
             scale = scale * occ.reshape(num, self.hw).to(scale.dtype)
         return flat, scale
 
+    def _normalised_visibility(self, probe: Tensor, gallery: Tensor, probe_occ: Tensor | None,
+                               gallery_occ: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """N x hw visibility of both sides for ``visibility="normalised"`` (ones where a side has no map); (None,
+        None) in ``scaling`` mode or without any map, where the plain or scaled matcher applies."""
+        if self.visibility != "normalised" or (probe_occ is None and gallery_occ is None):
+            return None, None
+
+        def flat(occ: Tensor | None, x: Tensor) -> Tensor:
+            if occ is None:
+                return x.new_ones(x.shape[0], self.hw)
+            return occ.reshape(x.shape[0], self.hw).to(x.dtype)
+
+        return flat(probe_occ, probe), flat(gallery_occ, gallery)
+
     def _prepare(self, x: Tensor, occ: Tensor | None, name: str) -> Tensor:
         """N x C x H x W -> N x C x hw, each location L2-normalised and scaled by its own visibility."""
         flat, scale = self._location_scale(x, occ, name)
         return flat * scale.unsqueeze(1)
 
-    def _columns(self, x: Tensor) -> Tensor:
-        """N x C x hw -> C x N·hw (one copy, O(N·C·hw))."""
-        return x.transpose(0, 1).reshape(self.num_features, -1)
+    def _columns(self, x: Tensor, visibility: Tensor | None = None) -> Tensor:
+        """N x C x hw -> C x N·hw (one copy, O(N·C·hw)); with ``visibility`` (N x hw) one more row holding it, so
+        that the product of two such column blocks is O_p O_g (S + 1) (visibility-normalised matching)."""
+        columns = x.transpose(0, 1).reshape(self.num_features, -1)
+        return columns if visibility is None else torch.cat((columns, visibility.reshape(1, -1)), dim=0)
 
     def _pool_block(self, prob: Tensor, gal: Tensor) -> Tensor:
         """C x pc·hw and C x gc·hw -> pc x gc x 2 x hw max-pooled similarities (a, then b)."""
@@ -257,20 +311,38 @@ class QAConv(nn.Module):
         b = sim.max(dim=1).values  # [p, g, r]: best probe location per gallery location
         return torch.stack((a, b), dim=2)
 
-    def _pool_group(self, prob: Tensor, gal: Tensor, prob_scale: Tensor, gal_scale: Tensor) -> Tensor:
+    def _pool_group(self, prob: Tensor, gal: Tensor, prob_scale: Tensor, gal_scale: Tensor,
+                    visibility: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """bc x C x hw and bc x C x K·hw raw features with their bc x hw and bc x K·hw location scales
-        -> bc x K x 2 x hw max-pooled similarities."""
+        -> bc x K x 2 x hw max-pooled similarities. ``visibility`` (bc x hw, bc x K·hw) turns the scaled
+        similarity O_p O_g S into the normalised O_p O_g (S + 1) - 1."""
         bc, hw = prob.shape[0], self.hw
         sim = torch.bmm(prob.transpose(1, 2), gal) * (prob_scale.unsqueeze(2) * gal_scale.unsqueeze(1))
+        if visibility is not None:
+            sim = sim + visibility[0].unsqueeze(2) * visibility[1].unsqueeze(1)
         sim = sim.reshape(bc, hw, -1, hw)  # [i, s, k, r]
         a = sim.max(dim=3).values.permute(0, 2, 1)
         b = sim.max(dim=1).values
-        return torch.stack((a, b), dim=2)
+        pooled = torch.stack((a, b), dim=2)
+        return pooled if visibility is None else pooled - 1.0
 
-    def _score(self, pooled: Tensor) -> Tensor:
-        """... x 2 x hw pooled similarities -> ... logits: bn, shared fc, sum of directions, logit_bn."""
+    def _score(self, pooled: Tensor, weights: Tensor | None = None) -> Tensor:
+        """... x 2 x hw pooled similarities -> ... logits: bn, shared fc, sum of directions, logit_bn.
+
+        ``weights`` (... x hw, visibility-normalised matching) weight each location of both directions after
+        ``bn``.
+        """
         lead = pooled.shape[:-2]
         x = pooled.reshape(-1, 1, self.hw).to(self.fc.weight.dtype)
-        x = self.bn(x).reshape(-1, self.hw)
-        score = self.fc(x).reshape(-1, 2).sum(dim=1, keepdim=True)
+        x = self.bn(x).reshape(-1, 2, self.hw)
+        if weights is not None:
+            x = x * weights.reshape(-1, 1, self.hw).to(x.dtype)
+        score = self.fc(x.reshape(-1, self.hw)).reshape(-1, 2).sum(dim=1, keepdim=True)
         return self.logit_bn(score).reshape(lead)
+
+
+def _joint_weights(vis_p: Tensor, vis_g: Tensor) -> Tensor:
+    """Per-location weights J / mean(J) of visibility-normalised matching, J = O_p · O_g (broadcast ... x hw);
+    a pair without any location visible in both images gets all-zero weights (its score is the bias)."""
+    joint = vis_p * vis_g
+    return joint * (joint.shape[-1] / joint.sum(dim=-1, keepdim=True).clamp_min(_NORM_EPS))

@@ -48,6 +48,7 @@ from oaml import __version__
 from oaml.constants import NORM_MEAN, NORM_STD
 from oaml.errors import ConfigError, OamlError
 from oaml.fileio import atomic_write, atomic_write_bytes
+from oaml.models import IResNet, OcclusionHead, QAConv, embed_faces
 
 __all__ = [
     "EXPORT_OUTPUTS",
@@ -73,31 +74,32 @@ FLIP_FUSION_RECIPE = ("the embedding output is that of the single input view; oa
 
 ONNX_HINT = 'ONNX export needs the "onnx" extra: pip install onnx onnxruntime  (or: pip install "oaml[onnx]")'
 _OPSET = 17
-_QACONV_FORMAT = 1
+_QACONV_FORMAT = 2  # 2 added "visibility" (format-1 files are "scaling")
 _NORM_EPS = 1e-6  # QAConv's floor of a location vector's norm
 _MAX_SIM_ENTRIES = 1 << 25  # entries of one probe block of similarities in qaconv_numpy_match (256 MiB float64)
 
 
 class _Inference(nn.Module):
-    """Backbone (+ occlusion head) returning the export outputs as a tuple."""
+    """Backbone (+ occlusion head, + the visibility gate of the embedding) returning the export outputs as a tuple."""
 
-    def __init__(self, backbone: nn.Module, occlusion_head: nn.Module | None) -> None:
+    def __init__(self, backbone: IResNet, occlusion_head: OcclusionHead | None, gate: bool = False) -> None:
         super().__init__()
-        self.backbone, self.occlusion_head = backbone, occlusion_head
+        self.backbone, self.occlusion_head, self.gate = backbone, occlusion_head, gate
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        embedding, norm, feature_map = self.backbone(x)
-        if self.occlusion_head is None:
+        embedding, norm, feature_map, occlusion = embed_faces(self.backbone, self.occlusion_head, x, gate=self.gate)
+        if occlusion is None:
             return embedding, norm, feature_map
-        return embedding, norm, feature_map, self.occlusion_head(feature_map)
+        return embedding, norm, feature_map, occlusion
 
 
 # ----------------------------------------------------------------------------------------- QAConv in numpy
-def qaconv_params(qaconv: nn.Module, occlusion_weighting: bool) -> dict[str, np.ndarray]:
+def qaconv_params(qaconv: QAConv, occlusion_weighting: bool) -> dict[str, np.ndarray]:
     """The eval-mode parameters of a :class:`~oaml.models.QAConv` as numpy arrays (keys: see the JSON sidecar)."""
     out: dict[str, np.ndarray] = {"format_version": np.array(_QACONV_FORMAT),
                                   "num_features": np.array(qaconv.num_features), "height": np.array(qaconv.height),
-                                  "width": np.array(qaconv.width), "occlusion_weighting": np.array(occlusion_weighting)}
+                                  "width": np.array(qaconv.width), "occlusion_weighting": np.array(occlusion_weighting),
+                                  "visibility": np.array(qaconv.visibility)}
     for name in ("bn", "logit_bn"):
         bn = getattr(qaconv, name)
         for key in ("running_mean", "running_var", "weight", "bias"):
@@ -116,7 +118,9 @@ def _save_qaconv(params: dict[str, np.ndarray], output: Path) -> tuple[Path, Pat
     values["formula"] = ("per location L2-normalise the C-vector and multiply by its own visibility; S[p,g,s,r] = "
                          "<probe_p(s), gallery_g(r)>; a = max_r S, b = max_s S; bn(v) = (v - running_mean) / "
                          "sqrt(running_var + eps) * weight + bias; score = fc(bn(a)) + fc(bn(b)) with fc(v) = "
-                         "fc_weight . v + fc_bias; logit = logit_bn(score)")
+                         "fc_weight . v + fc_bias; logit = logit_bn(score). visibility 'normalised': S' = "
+                         "S + O_p(s) O_g(r) - 1 (S already carries O_p O_g), and fc(w * bn(a)), fc(w * bn(b)) with "
+                         "w(l) = J(l) / mean(J), J(l) = O_p(l) O_g(l)")
     values["npz"] = npz_path.name
     atomic_write_bytes(json_path, (json.dumps(values, indent=2) + "\n").encode("utf-8"))
     return npz_path, json_path
@@ -169,14 +173,24 @@ def qaconv_numpy_match(probe_fmap: np.ndarray, gallery_fmap: np.ndarray, probe_o
     probe = _prepare(probe_fmap, probe_occ, hw, "probe")  # P x hw x C
     gallery = _prepare(gallery_fmap, gallery_occ, hw, "gallery").reshape(-1, probe.shape[2]).T  # C x G·hw
     num_gallery = gallery_fmap.shape[0]
+    normalised = str(params.get("visibility", "scaling")) == "normalised" and not (probe_occ is None
+                                                                                   and gallery_occ is None)
+    vis_p, vis_g = (np.ones((fmap.shape[0], hw)) if occ is None else np.asarray(occ, np.float64).reshape(-1, hw)
+                    for fmap, occ in ((probe_fmap, probe_occ), (gallery_fmap, gallery_occ)))
     weight, bias = params["fc_weight"], float(params["fc_bias"][0])
     step = max(1, _MAX_SIM_ENTRIES // max(1, num_gallery * hw * hw))
     rows = []
     for i in range(0, probe.shape[0], step):
         block = probe[i:i + step]
         sim = (block.reshape(-1, block.shape[2]) @ gallery).reshape(len(block), hw, num_gallery, hw)  # [p, s, g, r]
+        if normalised:
+            sim = sim + vis_p[i:i + step, :, None, None] * vis_g[None, None] - 1.0
         a = _bn(sim.max(axis=3).transpose(0, 2, 1), params, "bn")  # [p, g, s]
         b = _bn(sim.max(axis=1), params, "bn")  # [p, g, r]
+        if normalised:
+            joint = vis_p[i:i + step, None, :] * vis_g[None]
+            scale = joint * (hw / np.maximum(joint.sum(axis=2, keepdims=True), _NORM_EPS))
+            a, b = a * scale, b * scale
         rows.append(_bn(a @ weight + b @ weight + 2.0 * bias, params, "logit_bn"))
     return np.concatenate(rows, axis=0)
 
@@ -229,6 +243,7 @@ def _metadata(info: Any, outputs: tuple[str, ...], qaconv_files: tuple[Path, Pat
                                 f"{info.channel_order.value.upper()} order, aligned {size}x{size} faces",
             "outputs": ",".join(outputs), "embedding_recipe": FLIP_FUSION_RECIPE,
             "occlusion_method": str(info.occlusion_method),
+            "embedding_gate": str(bool(info.embedding_gate)).lower(),
             "qaconv_params": qaconv_files[0].name if qaconv_files else "",
             "source_checkpoint": Path(info.path).name, "source_sha256": str(info.sha256)}
 
@@ -365,11 +380,11 @@ def export_model(checkpoint: str | os.PathLike[str], output: str | os.PathLike[s
     loaded = load_model(checkpoint, arch=arch)
     info, output = loaded.info, Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    module = _Inference(loaded.backbone, loaded.occlusion_head).eval()
+    module = _Inference(loaded.backbone, loaded.occlusion_head, info.embedding_gate).eval()
     outputs = EXPORT_OUTPUTS if loaded.occlusion_head is not None else EXPORT_OUTPUTS[:3]
     qaconv_files = None
     if loaded.qaconv is not None:
-        qaconv_files = _save_qaconv(qaconv_params(loaded.qaconv, info.occlusion_method == "scaling"), output)
+        qaconv_files = _save_qaconv(qaconv_params(loaded.qaconv, loaded.uses_occlusion), output)
     else:
         logger.warning("%s: %s; exporting embedding, norm and feature_map only", checkpoint, info.qaconv_unavailable)
     metadata = _metadata(info, outputs, qaconv_files)

@@ -32,8 +32,8 @@ from oaml.training.monitor import LossCurves, OamlProgressBar, ThroughputMonitor
 from oaml.training.objective import TrainingObjective
 from oaml.training.system import OamlSystem, OptimSettings
 
-__all__ = ["build_datamodule", "build_loss", "build_objective", "build_system", "build_trainer", "check_data_paths",
-           "checkpoint_meta", "data_paths", "val_check_interval"]
+__all__ = ["build_datamodule", "build_loss", "build_model", "build_objective", "build_system", "build_trainer",
+           "check_data_paths", "checkpoint_meta", "data_paths", "val_check_interval"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,14 +117,22 @@ def build_objective(config: OamlConfig, model: FaceModel, num_classes: int) -> T
         qa = model.qaconv
         memory = ClassMemory(num_classes, qa.num_features, qa.height, qa.width, config.loss.k_nearest,
                              device="cpu" if config.loss.class_memory_on_cpu else None)
-    return TrainingObjective(head, loss, memory, occlusion_aware=config.loss.occlusion_method == "scaling",
+    return TrainingObjective(head, loss, memory, occlusion_aware=config.loss.occlusion_method != "none",
                              occlusion_detach=config.loss.occlusion_detach)
+
+
+def build_model(config: OamlConfig) -> FaceModel:
+    """The backbone, occlusion head and QAConv matcher of ``config``."""
+    method = config.loss.occlusion_method
+    return build_face_model(config.model.arch, config.model.width, config.data.input_size,
+                            visibility="normalised" if method == "normalised" else "scaling",
+                            embedding_gate=config.model.embedding_gate, detach_gate=config.loss.occlusion_detach)
 
 
 def build_system(config: OamlConfig, num_classes: int, class_names: list[str] | None = None,
                  val_set_names: list[str] | None = None) -> OamlSystem:
     """Model and objective of ``config`` wrapped in an :class:`OamlSystem`."""
-    model = build_face_model(config.model.arch, config.model.width, config.data.input_size)
+    model = build_model(config)
     objective = build_objective(config, model, num_classes)
     train = config.train
     optim = OptimSettings(train.lr, train.momentum, train.weight_decay, train.lr_milestones, train.lr_gamma,
@@ -141,7 +149,7 @@ def checkpoint_meta(config: OamlConfig, num_classes: int, class_names: list[str]
     return CheckpointMeta(arch=config.model.arch, width=config.model.width, input_size=config.data.input_size,
                           channel_order=config.channel_order, occlusion_method=config.loss.occlusion_method,
                           num_classes=num_classes, class_names=tuple(class_names), version=__version__,
-                          config=config.to_dict())
+                          embedding_gate=config.model.embedding_gate, config=config.to_dict())
 
 
 def val_check_interval(epochs: int) -> float:

@@ -52,7 +52,8 @@ class TrainingObjective(nn.Module):
         head: the margin head (AdaFace, ArcFace or CosFace) over the training classes.
         losses: the weighted losses.
         class_memory: per-class feature maps for the class-memory loss; required when that loss is on.
-        occlusion_aware: the predicted visibility maps weight QAConv (``occlusion_method scaling``).
+        occlusion_aware: the predicted visibility maps weight QAConv (``occlusion_method`` scaling or normalised;
+            the matcher's ``visibility`` says how).
         occlusion_detach: the maps weight QAConv detached, so only the occlusion MSE trains the occlusion head.
 
     Raises:
@@ -103,9 +104,12 @@ class TrainingObjective(nn.Module):
         return ObjectiveResult(total, {LOG_NAMES[name]: value for name, value in parts.items()})
 
     def update_memory(self, features: Tensor, labels: Tensor) -> None:
-        """Overwrite the class memory with the (gathered) batch, after the step (no-op without a memory)."""
+        """Overwrite the class memory with the (gathered) batch, after the step (no-op without a memory); rebuild
+        the class graph when the number of seen classes has doubled since its last build."""
         if self.class_memory is not None:
             self.class_memory.update(features, labels)
+            if self.class_memory.graph_is_stale():
+                self.class_memory.rebuild_graph()
 
     def rebuild_graph(self) -> None:
         """Rebuild the k-nearest class graph (every epoch; no-op without a memory)."""

@@ -82,7 +82,7 @@ class OamlSystem(pl.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         """Unit embeddings (B x 512) of normalised faces; for inference only."""
-        return self.model.backbone(images).embedding
+        return self.model(images).embedding
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
@@ -143,7 +143,8 @@ class OamlSystem(pl.LightningModule):
     def validation_step(self, batch: PairBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         qaconv = self.model.qaconv if self.objective.uses_qaconv else None
         scores = score_pair_batch(self.model.backbone, self.model.occlusion_head, qaconv, batch.images, batch.issame,
-                                  batch.set_index, batch.global_index, self.objective.occlusion_aware)
+                                  batch.set_index, batch.global_index, self.objective.occlusion_aware,
+                                  gate=self.model.embedding_gate)
         self._pair_scores.setdefault(dataloader_idx, []).append(scores)
 
     def on_validation_epoch_end(self) -> None:
