@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 __all__ = ["DEFAULT_FARS", "DISTANCE_THRESHOLDS", "KFoldResult", "Omitted", "RocResult", "TarPoint",
-           "combined_ten_fold_accuracy", "count_genuine_impostor", "dynamic_weights", "fold_bounds",
+           "combined_ten_fold_accuracy", "count_genuine_impostor", "dynamic_weights", "fitted_ten_fold_accuracy",
+           "fold_bounds",
            "genuine_impostor_pairs", "roc", "tar_at_far", "ten_fold_accuracy"]
 
 logger = logging.getLogger(__name__)
@@ -266,14 +267,31 @@ def combined_ten_fold_accuracy(dist_adaface: np.ndarray, score_qaconv: np.ndarra
             raise ValueError(f"{name} must be finite and >= 0, got {w}")
     if w_adaface == 0 and w_qaconv == 0:
         raise ValueError("w_adaface and w_qaconv are both 0")
-    bounds = fold_bounds(da.shape[0], n_folds)
+
+    def fuse(train: np.ndarray) -> np.ndarray:
+        return w_adaface * _standardise(-da, train, "dist_adaface") + w_qaconv * _standardise(qa, train, "score_qaconv")
+
+    return fitted_ten_fold_accuracy(fuse, same, n_folds)
+
+
+def fitted_ten_fold_accuracy(fuse: Callable[[np.ndarray], np.ndarray], issame: np.ndarray,
+                             n_folds: int = 10) -> KFoldResult:
+    """K-fold accuracy of a score whose parameters are fitted per fold on the training folds only.
+
+    ``fuse(train)`` gets the boolean mask of the training pairs and returns the scores of *all* pairs (higher is
+    same) computed with parameters fitted on those pairs alone; the threshold is then chosen on the training folds
+    (as :func:`ten_fold_accuracy` does for similarities) and applied to the held-out fold.
+
+    Returns:
+        A :class:`KFoldResult` with ``higher_is_same=True``; each fold's threshold is on that fold's scale.
+    """
+    same = _as_labels(issame, "issame", np.asarray(issame).shape[0])
+    bounds = fold_bounds(same.shape[0], n_folds)
     accs, ts = [], []
     for a, b in bounds:
-        train = np.ones(da.shape[0], dtype=bool)
+        train = np.ones(same.shape[0], dtype=bool)
         train[a:b] = False
-        fused = w_adaface * _standardise(-da, train, "dist_adaface") + w_qaconv * _standardise(qa, train,
-                                                                                              "score_qaconv")
-        t, acc = _auto_fold(-fused, same, a, b)
+        t, acc = _auto_fold(-np.asarray(fuse(train), np.float64), same, a, b)
         accs.append(acc)
         ts.append(-t)
     return _summarise(accs, ts, bounds, higher_is_same=True)
