@@ -71,8 +71,25 @@ class MarginHead(nn.Module):
         """
         return (embedding @ F.normalize(self.kernel, dim=0)).float()
 
+    def target_logit(self, cos_y: Tensor, norm: Tensor) -> Tensor:
+        """The true-class logit (scaled by ``s``) from the true-class cosine, elementwise.
+
+        ``forward`` applies it to the whole B x N cosine matrix and keeps it at the true class only; the sharded
+        head (:mod:`oaml.models.partial_fc`) applies it to a B x 1 column, so both share these formulas.
+
+        Args:
+            cos_y: B x N (or B x 1) fp32 cosines.
+            norm: B x 1 norms of the raw embeddings (AdaFace only; in training mode AdaFace updates its norm
+                statistics from them, once per call).
+        """
+        raise NotImplementedError
+
+    def non_target_logit(self, cosine: Tensor) -> Tensor:
+        """The logit of a class that is not the sample's (scaled by ``s``): s cos_j."""
+        return cosine * self.s
+
     def forward(self, embedding: Tensor, norm: Tensor, labels: Tensor) -> Tensor:
-        """Margin logits.
+        """Margin logits: :meth:`target_logit` at the true class, :meth:`non_target_logit` elsewhere.
 
         Args:
             embedding: B x E unit embeddings.
@@ -82,7 +99,9 @@ class MarginHead(nn.Module):
         Returns:
             B x num_classes logits (scaled by ``s``).
         """
-        raise NotImplementedError
+        cosine = self.cosine(embedding)
+        target = self.target_logit(cosine, norm)
+        return torch.where(_true_class_mask(cosine, labels), target, self.non_target_logit(cosine))
 
 
 class AdaFace(MarginHead):
@@ -138,16 +157,19 @@ class AdaFace(MarginHead):
         scaler = self.h * (safe_norm - self.batch_mean) / (self.batch_std + self.eps)
         return scaler.clamp(-1.0, 1.0)
 
-    def forward(self, embedding: Tensor, norm: Tensor, labels: Tensor) -> Tensor:
-        """AdaFace logits (B x num_classes); see :meth:`MarginHead.forward`."""
-        cosine = self.cosine(embedding).clamp(-1 + self.eps, 1 - self.eps)
+    def target_logit(self, cos_y: Tensor, norm: Tensor) -> Tensor:
+        """s (cos(clip(θ_y + g_angle, eps, π - eps)) - g_add) on the clamped cosine (SPEC §3 step 4); the
+        scaler comes from ``norm`` (:meth:`margin_scaler`, which updates the statistics in training mode)."""
+        cosine = cos_y.clamp(-1 + self.eps, 1 - self.eps)
         scaler = self.margin_scaler(norm).to(cosine.dtype)
         g_angle = -self.m * scaler
         g_add = self.m + self.m * scaler
         theta = torch.acos(cosine)
-        target = torch.cos((theta + g_angle).clamp(self.eps, math.pi - self.eps)) - g_add
-        logits = torch.where(_true_class_mask(cosine, labels), target, cosine)
-        return logits * self.s
+        return (torch.cos((theta + g_angle).clamp(self.eps, math.pi - self.eps)) - g_add) * self.s
+
+    def non_target_logit(self, cosine: Tensor) -> Tensor:
+        """s cos_j on the cosine clamped to [-1 + eps, 1 - eps] (AdaFace clamps every class, SPEC §3)."""
+        return cosine.clamp(-1 + self.eps, 1 - self.eps) * self.s
 
 
 class ArcFace(MarginHead):
@@ -167,12 +189,10 @@ class ArcFace(MarginHead):
     def __init__(self, embedding_size: int, num_classes: int, m: float = 0.5, s: float = 64.0) -> None:
         super().__init__(embedding_size, num_classes, m, s)
 
-    def forward(self, embedding: Tensor, norm: Tensor, labels: Tensor) -> Tensor:
-        """ArcFace logits (B x num_classes); ``norm`` is ignored."""
-        cosine = self.cosine(embedding)
-        theta = torch.acos(cosine.clamp(-1 + self.eps, 1 - self.eps))
-        target = torch.cos((theta + self.m).clamp(self.eps, math.pi - self.eps))
-        return torch.where(_true_class_mask(cosine, labels), target, cosine) * self.s
+    def target_logit(self, cos_y: Tensor, norm: Tensor) -> Tensor:
+        """s cos(clip(θ_y + m, eps, π - eps)); ``norm`` is ignored."""
+        theta = torch.acos(cos_y.clamp(-1 + self.eps, 1 - self.eps))
+        return torch.cos((theta + self.m).clamp(self.eps, math.pi - self.eps)) * self.s
 
 
 class CosFace(MarginHead):
@@ -188,10 +208,9 @@ class CosFace(MarginHead):
     def __init__(self, embedding_size: int, num_classes: int, m: float = 0.4, s: float = 64.0) -> None:
         super().__init__(embedding_size, num_classes, m, s)
 
-    def forward(self, embedding: Tensor, norm: Tensor, labels: Tensor) -> Tensor:
-        """CosFace logits (B x num_classes); ``norm`` is ignored."""
-        cosine = self.cosine(embedding)
-        return torch.where(_true_class_mask(cosine, labels), cosine - self.m, cosine) * self.s
+    def target_logit(self, cos_y: Tensor, norm: Tensor) -> Tensor:
+        """s (cos_y - m); ``norm`` is ignored."""
+        return (cos_y - self.m) * self.s
 
 
 @HEADS.register("adaface")

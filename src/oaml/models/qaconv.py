@@ -40,6 +40,7 @@ the arg-max indices rather than S, so a chunk's S is freed as soon as it has bee
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -163,14 +164,14 @@ class QAConv(nn.Module):
                 if vis_p is not None:
                     pooled = pooled - 1.0  # the columns carry O_p O_g (S + 1): max(x) - 1 = max(x - 1)
                 # Eval: the BNs are fixed affine maps, so a block can be scored on its own.
-                row.append(pooled if batch_stats else self._score(pooled, weights))
+                row.append(pooled if batch_stats else self.score(pooled, weights))
                 weight_row.append(weights)
             rows.append(torch.cat(row, dim=1))
             weight_rows.append(None if vis_p is None else torch.cat(weight_row, dim=1))
         out = torch.cat(rows, dim=0)
         if not batch_stats:
             return out
-        return self._score(out, None if vis_p is None else torch.cat(weight_rows, dim=0))
+        return self.score(out, None if vis_p is None else torch.cat(weight_rows, dim=0))
 
     def match_groups(
         self,
@@ -196,6 +197,25 @@ class QAConv(nn.Module):
 
         Returns:
             B x K logits; invalid entries are 0 and must be masked by the caller.
+        """
+        pooled, weights = self.pool_groups(probe, gallery, probe_occ, gallery_occ, chunk_size)
+        return self.score(pooled, weights) if valid is None else self._score_valid(pooled, weights, valid)
+
+    def pool_groups(
+        self,
+        probe: Tensor,
+        gallery: Tensor,
+        probe_occ: Tensor | None = None,
+        gallery_occ: Tensor | None = None,
+        chunk_size: int | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The matching half of :meth:`match_groups`, before any normalisation: score the result with :meth:`score`.
+
+        Args: as :meth:`match_groups`.
+
+        Returns:
+            (pooled, weights): B x K x 2 x hw max-pooled similarities (a, then b), and the B x K x hw location
+            weights of ``visibility="normalised"`` matching (None in ``scaling`` mode or without maps).
         """
         if gallery.dim() != 5 or gallery.shape[0] != probe.shape[0]:
             raise ValueError(f"gallery must be B x K x C x H x W with B={probe.shape[0]}, got {tuple(gallery.shape)}")
@@ -223,7 +243,7 @@ class QAConv(nn.Module):
         ]
         pooled = torch.cat(blocks, dim=0)  # B x K x 2 x hw
         weights = None if vis_p is None else _joint_weights(vis_p[:, None], vis_g.reshape(num, groups, self.hw))
-        return self._score(pooled, weights) if valid is None else self._score_valid(pooled, weights, valid)
+        return pooled, weights
 
     def _score_valid(self, pooled: Tensor, weights: Tensor | None, valid: Tensor) -> Tensor:
         """Score only the valid entries of B x K pooled similarities (and weights); 0 elsewhere."""
@@ -232,7 +252,7 @@ class QAConv(nn.Module):
         valid = valid.to(device=pooled.device, dtype=torch.bool)
         if not bool(valid.any()):
             return pooled.new_zeros(valid.shape)
-        scores = self._score(pooled[valid].unsqueeze(1), None if weights is None else weights[valid].unsqueeze(1))
+        scores = self.score(pooled[valid].unsqueeze(1), None if weights is None else weights[valid].unsqueeze(1))
         out = torch.zeros(valid.shape, dtype=scores.dtype, device=scores.device)
         return out.masked_scatter(valid, scores.squeeze(1))
 
@@ -326,19 +346,25 @@ class QAConv(nn.Module):
         pooled = torch.stack((a, b), dim=2)
         return pooled if visibility is None else pooled - 1.0
 
-    def _score(self, pooled: Tensor, weights: Tensor | None = None) -> Tensor:
+    def score(self, pooled: Tensor, weights: Tensor | None = None,
+              batch_norm: Callable[[nn.BatchNorm1d, Tensor], Tensor] | None = None) -> Tensor:
         """... x 2 x hw pooled similarities -> ... logits: bn, shared fc, sum of directions, logit_bn.
 
-        ``weights`` (... x hw, visibility-normalised matching) weight each location of both directions after
-        ``bn``.
+        Args:
+            pooled: ... x 2 x hw max-pooled similarities (:meth:`pool_groups`).
+            weights: ... x hw location weights (visibility-normalised matching), applied to both directions after
+                ``bn``; None for none.
+            batch_norm: ``batch_norm(module, x)`` replaces ``module(x)`` for ``bn`` and ``logit_bn`` (the sharded
+                class memory normalises with the moments of every rank's pairs); None calls the modules.
         """
+        norm = batch_norm or (lambda module, x: module(x))
         lead = pooled.shape[:-2]
         x = pooled.reshape(-1, 1, self.hw).to(self.fc.weight.dtype)
-        x = self.bn(x).reshape(-1, 2, self.hw)
+        x = norm(self.bn, x).reshape(-1, 2, self.hw)
         if weights is not None:
             x = x * weights.reshape(-1, 1, self.hw).to(x.dtype)
         score = self.fc(x.reshape(-1, self.hw)).reshape(-1, 2).sum(dim=1, keepdim=True)
-        return self.logit_bn(score).reshape(lead)
+        return norm(self.logit_bn, score).reshape(lead)
 
 
 def _joint_weights(vis_p: Tensor, vis_g: Tensor) -> Tensor:
