@@ -24,23 +24,9 @@ import yaml
 from oaml.constants import ChannelOrder
 from oaml.errors import ConfigError
 
-__all__ = [
-    "AugmentConfig",
-    "DataConfig",
-    "EvalConfig",
-    "LossConfig",
-    "ModelConfig",
-    "OamlConfig",
-    "SystemConfig",
-    "TrainConfig",
-    "config_from_dict",
-    "load_config_file",
-    "load_yaml",
-    "packaged_configs",
-    "parse_value",
-    "registered_names",
-    "validate",
-]
+__all__ = ["AugmentConfig", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "OamlConfig", "SystemConfig",
+           "TrainConfig", "config_from_dict", "load_config_file", "load_yaml", "packaged_configs", "parse_value",
+           "registered_names", "validate"]
 
 OCCLUSION_METHODS = ("scaling", "normalised", "none")
 _AUTO_WORKERS = 8  # beyond this the decoders of 112x112 JPEGs out-run any single device
@@ -179,7 +165,10 @@ class LossConfig:
                                   "head then learns from its MSE alone)")
     instances_per_identity: int = _opt(4, "K of the PK sampler: images per identity in a batch")
     class_memory_on_cpu: bool = _opt(False, "keep the fp16 class memory on the CPU (saves GPU memory)")
-    graph_sampler: bool = _opt(False, "QAConv-GS: build batches from a seed class and its nearest classes")
+    graph_sampler: bool = _opt(False, "QAConv-GS: each batch is a seed class and its nearest classes in the class "
+                               "graph (every class seeds one batch per epoch, so an epoch has P times more batches)")
+    sample_rate: float = _opt(1.0, "Partial FC: fraction of each rank's margin-head classes in a step's softmax "
+                              "(every class of the global batch, plus random negatives; 1 = all)")
 
     def __post_init__(self) -> None:
         for key in ("adaface_loss_weight", "qaconv_loss_weight", "occlusion_loss_weight", "triplet_weight"):
@@ -190,6 +179,7 @@ class LossConfig:
                  "choose one of " + ", ".join(OCCLUSION_METHODS))
         _require(self.instances_per_identity >= 2, "instances_per_identity", self.instances_per_identity,
                  "expected at least 2 (positives are needed)")
+        _require(0 < self.sample_rate <= 1, "sample_rate", self.sample_rate, "expected a fraction in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -447,3 +437,7 @@ def validate(config: OamlConfig) -> None:
     if config.train.batch_size % (k * world):
         raise ConfigError(f"--batch_size: invalid value {config.train.batch_size}; it must be divisible by "
                           f"instances_per_identity x devices = {k} x {world} = {k * world}")
+    loss = config.loss
+    if loss.graph_sampler and not (loss.qaconv_loss_weight > 0 and loss.triplet_weight > 0):
+        raise ConfigError("--graph_sampler samples by the class memory's graph, which needs the class-memory loss: "
+                          "set --qaconv_loss_weight and --triplet_weight above 0, or drop --graph_sampler")

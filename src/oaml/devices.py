@@ -9,7 +9,8 @@ import torch
 
 from oaml.errors import ConfigError
 
-__all__ = ["available_devices", "check_gpu_count", "cpu_count", "resolve_device"]
+__all__ = ["available_devices", "check_gpu_count", "cpu_count", "gpu_memory_free", "host_memory_available",
+           "resolve_device"]
 
 
 def cpu_count() -> int:
@@ -68,3 +69,21 @@ def check_gpu_count(gpus: int, flag: str = "--gpus") -> None:
         fix = f"use --gpus {count} or fewer" if count else "use --gpus 0 to train on the CPU"
         raise ConfigError(f"{flag} {gpus}: this machine has {count} CUDA device(s) (available: {available_devices()});"
                           f" {fix} (--gpus 0 --num_processes N runs DDP over N CPU processes)")
+
+
+def host_memory_available() -> int:
+    """Bytes of host memory available to new allocations (``MemAvailable`` of ``/proc/meminfo``; elsewhere the free
+    physical pages)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def gpu_memory_free(gpus: int) -> int:
+    """The least free memory, in bytes, among the first ``gpus`` CUDA devices (``gpus`` >= 1)."""
+    return min(torch.cuda.mem_get_info(i)[0] for i in range(gpus))

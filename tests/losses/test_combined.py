@@ -15,7 +15,7 @@ LABELS = torch.tensor([0, 0, 1, 1])
 def _inputs() -> dict[str, torch.Tensor]:
     score = torch.tensor([[5.0, 1.0, -1.0, 0.0], [1.0, 5.0, 0.5, -2.0], [-1.0, 0.5, 5.0, 2.0], [0.0, -2.0, 2.0, 5.0]])
     return {
-        "adaface_logits": torch.zeros(4, 3),  # cross-entropy = log 3
+        "adaface_loss": torch.tensor(math.log(3)),  # the head's cross-entropy
         "qaconv_score": score,
         "memory_logits": torch.zeros(4, 2),  # cross-entropy = log 2
         "memory_valid": torch.ones(4, 2, dtype=torch.bool),
@@ -58,7 +58,7 @@ def test_disabled_components_are_not_computed() -> None:
     loss = CombinedLoss(adaface_weight=1.0, qaconv_weight=0.0, occlusion_weight=0.0)
     assert (loss.uses_adaface, loss.uses_qaconv, loss.uses_class_memory, loss.uses_occlusion) == (True, False, False,
                                                                                                  False)
-    total, parts = loss(LABELS, adaface_logits=torch.zeros(4, 3))
+    total, parts = loss(LABELS, adaface_loss=torch.tensor(math.log(3)))
     assert set(parts) == {"adaface", "total"} and total.item() == pytest.approx(math.log(3))
     no_triplet = CombinedLoss(adaface_weight=0.0, triplet_weight=0.0, occlusion_weight=0.0)
     _, parts = no_triplet(LABELS, qaconv_score=_inputs()["qaconv_score"])
@@ -67,7 +67,7 @@ def test_disabled_components_are_not_computed() -> None:
 
 def test_missing_inputs_and_bad_weights() -> None:
     with pytest.raises(ValueError, match="qaconv_score"):
-        CombinedLoss()(LABELS, adaface_logits=torch.zeros(4, 3))
+        CombinedLoss()(LABELS, adaface_loss=torch.tensor(math.log(3)))
     with pytest.raises(ValueError, match="occlusion_weight"):
         CombinedLoss(occlusion_weight=-1.0)
     with pytest.raises(ValueError, match="at least one"):

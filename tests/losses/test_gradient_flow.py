@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from oaml.losses import CombinedLoss
 from oaml.data.masks import visibility_grid
@@ -35,7 +36,8 @@ def _assert_all_nonzero(params: dict[str, torch.nn.Parameter]) -> None:
 def test_qaconv_losses_alone_train_the_backbone(model: FaceModel) -> None:
     memory = ClassMemory(4, 64, 7, 7, k_nearest=2)
     with torch.no_grad():
-        memory.update(model(_images()).feature_map, LABELS)
+        first = model(_images())
+        memory.update(first.feature_map, LABELS, first.embedding)
     memory.rebuild_graph()
     out = model(_images())
     score = model.qaconv(out.feature_map, out.feature_map, out.occlusion, out.occlusion)
@@ -65,7 +67,6 @@ def test_adaface_loss_reaches_output_layer_and_trunk(model: FaceModel) -> None:
     head = build_head("adaface", 512, 4).train()
     out = model(_images())
     total, _ = CombinedLoss(adaface_weight=1.0, qaconv_weight=0.0, occlusion_weight=0.0)(
-        LABELS, adaface_logits=head(out.embedding, out.norm, LABELS)
-    )
+        LABELS, adaface_loss=F.cross_entropy(head(out.embedding, out.norm, LABELS), LABELS))
     total.backward()
     _assert_all_nonzero(dict(model.backbone.named_parameters()))

@@ -26,7 +26,7 @@ def test_class_memory_term_is_absent_then_learns_within_the_first_epoch() -> Non
     _, parts = objective(out, LABELS, visibility, model.qaconv)
     assert "cls_loss" not in parts and "cls_acc" not in parts  # no class has a memory yet: absent, not 0
     assert parts["triplet_loss"] >= 0
-    objective.update_memory(out.feature_map.detach(), LABELS)  # the graph is rebuilt here: 4 classes seen
+    objective.update_memory(out, LABELS)  # the graph is rebuilt here: 4 classes seen
     assert objective.class_memory.graph[0, :3].tolist() != [-1, -1, -1]
     total, parts = objective(model(images), LABELS, visibility, model.qaconv)
     assert parts["cls_loss"] > 0 and 0.0 <= float(parts["cls_acc"]) <= 1.0

@@ -5,18 +5,20 @@ in ``oaml.training.build`` map the config onto them.
 
 Loaders:
 
-- ``train_dataloader``: :class:`~oaml.data.samplers.PKSampler` batches, :class:`~oaml.data.batches.TrainBatch`
-  records ``(images B x 3 x 112 x 112, labels, visibility B x 1 x 112 x 112, skipped)``; rank and world size
-  come from the attached Trainer. Build the Trainer with ``use_distributed_sampler=False`` (the sampler already
-  shards by rank).
+- ``train_dataloader``: :class:`~oaml.data.samplers.PKSampler` batches, or with ``graph_sampler``
+  :class:`~oaml.data.samplers.GraphSampler` batches (QAConv-GS) over the class graph the training system hands over
+  every epoch (:meth:`FaceDataModule.set_class_graph`); :class:`~oaml.data.batches.TrainBatch` records
+  ``(images B x 3 x 112 x 112, labels, visibility B x 1 x 112 x 112, skipped)``; rank and world size come from the
+  attached Trainer. Build the Trainer with ``use_distributed_sampler=False`` (the sampler already shards by rank).
 - ``val_dataloader``/``test_dataloader``: a **list** of loaders, index 0 the clean sets and index 1 (when
   ``val_masked``) the masked protocol (synthetic mask on the second image of each pair). Batches are
   :class:`~oaml.data.batches.PairBatch` records ``(images, issame, set_index, global_index)``. The list is empty
   when no verification set is present, which makes Lightning skip validation.
 
 Checkpoints: :meth:`FaceDataModule.state_dict` stores the sampler's epoch and the number of batches the loop
-has processed; on a mid-epoch resume the rebuilt sampler skips exactly those, so the run continues with the
-batches the interrupted one would have seen (Lightning still warns that the *DataLoader* is not resumable).
+has processed (and the graph sampler's graph); on a mid-epoch resume the rebuilt sampler skips exactly those, so
+the run continues with the batches the interrupted one would have seen (Lightning still warns that the
+*DataLoader* is not resumable).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from oaml.constants import VAL_SET_NAMES, ChannelOrder
 from oaml.data.batches import collate_pairs, collate_train
 from oaml.data.datasets import FolderDataset, RecordDataset, resolve_record_path
-from oaml.data.samplers import PairShardSampler, PKSampler
+from oaml.data.samplers import GraphSampler, PairShardSampler, PKSampler
 from oaml.data.verification_sets import VerificationSets, convert_bin
 
 __all__ = ["FaceDataModule", "TrainData", "VerificationData", "build_train_dataset", "seed_worker"]
@@ -78,6 +80,8 @@ class TrainData:
         resize: resize non-112 training images instead of raising.
         replace_on_error: replace unreadable training images by another of the same identity.
         label_cache_dir: label cache location instead of the default ones.
+        graph_sampler: batches from a seed class and its nearest classes in the class graph (QAConv-GS) instead of
+            PK batches.
     """
 
     path: Path
@@ -90,6 +94,7 @@ class TrainData:
     resize: bool = False
     replace_on_error: bool = True
     label_cache_dir: Path | None = None
+    graph_sampler: bool = False
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.batch_size % self.k:
@@ -154,8 +159,9 @@ class FaceDataModule(LightningDataModule):
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.train_dataset: RecordDataset | FolderDataset | None = None
         self.val_datasets: list[VerificationSets] = []
-        self.train_sampler: PKSampler | None = None
-        self._pending_sampler_state: dict[str, int] | None = None
+        self.train_sampler: PKSampler | GraphSampler | None = None
+        self._pending_sampler_state: dict[str, Any] | None = None
+        self._class_graph: np.ndarray | None = None
 
     @property
     def train_path(self) -> Path | None:
@@ -204,6 +210,18 @@ class FaceDataModule(LightningDataModule):
         """Training identity names (folder names, or the label ids of a ``.rec``)."""
         return list(self._dataset().class_names)
 
+    @property
+    def uses_class_graph(self) -> bool:
+        """Whether the training batches follow the class graph (hand it over with :meth:`set_class_graph`)."""
+        return self.train is not None and self.train.graph_sampler
+
+    def set_class_graph(self, graph: Any) -> None:
+        """The class graph (num_classes x k class ids, -1 in empty slots; a tensor or an array) for the graph
+        sampler's next epoch."""
+        self._class_graph = np.asarray(graph.cpu() if isinstance(graph, torch.Tensor) else graph)
+        if isinstance(self.train_sampler, GraphSampler):
+            self.train_sampler.set_graph(self._class_graph)
+
     # ---------------------------------------------------------------- loaders
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -212,13 +230,17 @@ class FaceDataModule(LightningDataModule):
         return int(trainer.global_rank), int(trainer.world_size)
 
     def train_dataloader(self) -> DataLoader:
-        """PK-sampled :class:`~oaml.data.batches.TrainBatch` batches."""
+        """PK- or graph-sampled :class:`~oaml.data.batches.TrainBatch` batches."""
         dataset, train = self._dataset(), self.train
         assert train is not None  # _dataset() raised otherwise
         rank, world = self._rank_and_world()
         if hasattr(train.transform, "reseed"):  # main-process loading (num_workers=0) must still differ by rank
             train.transform.reseed([train.seed, rank])
-        self.train_sampler = PKSampler(dataset.labels, train.batch_size, train.k, world, rank, train.seed)
+        if train.graph_sampler:
+            graph = self._class_graph if self._class_graph is not None else np.empty((dataset.num_classes, 0))
+            self.train_sampler = GraphSampler(dataset.labels, graph, train.batch_size, train.k, world, rank, train.seed)
+        else:
+            self.train_sampler = PKSampler(dataset.labels, train.batch_size, train.k, world, rank, train.seed)
         if self._pending_sampler_state is not None:
             self.train_sampler.load_state_dict(self._pending_sampler_state)
             self._pending_sampler_state = None

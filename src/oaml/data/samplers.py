@@ -6,15 +6,19 @@ is a pure function of ``(seed, epoch)``, so every rank computes the same permuta
 communication. Lightning calls :meth:`set_epoch` on batch samplers; build the Trainer with
 ``use_distributed_sampler=False`` so that it does not try to wrap them.
 
-``state_dict``/``load_state_dict`` record the epoch and how many batches were already yielded, so a resumed
-run continues with exactly the batches the interrupted one would have produced next.
+``state_dict``/``load_state_dict`` record the epoch and how many batches were already yielded (and, for the graph
+sampler, the graph of the epoch), so a resumed run continues with exactly the batches the interrupted one would have
+produced next.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from typing import Any
+
 import numpy as np
+import torch
 from torch.utils.data import Sampler
 
 __all__ = ["GraphSampler", "PKSampler", "PairShardSampler"]
@@ -61,11 +65,11 @@ class _IdentityBatchSampler(Sampler[list[int]]):
         self.epoch = int(epoch)
         self._yielded = self._resume_from
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, Any]:
         """``{"epoch", "batches_yielded", "seed"}`` for resuming mid-epoch."""
         return {"epoch": self.epoch, "batches_yielded": self._yielded, "seed": self.seed}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the next iteration skips the batches the saved run had already yielded.
 
         Raises:
@@ -146,12 +150,14 @@ class GraphSampler(_IdentityBatchSampler):
 
     Every class with images is a seed once per epoch (in random order); its batch is the seed followed by
     the first ``P - 1`` distinct classes of ``graph[seed]`` that have images, topped up with random classes
-    if the row is too short. Seeds are dealt to ranks round-robin (padded like :class:`PKSampler`).
+    if the row is too short (an empty graph, ``num_classes x 0``, gives random batches). Seeds are dealt to ranks
+    round-robin (padded like :class:`PKSampler`), so each rank gets whole identities and the same number of
+    batches.
 
     Args:
         labels: int label of every dataset item.
-        graph: ``num_classes x k_nearest`` int array of each class's nearest classes (best first); replace it
-            with :meth:`set_graph` when the class memory rebuilds it.
+        graph: ``num_classes x k_nearest`` int array of each class's nearest classes (best first, -1 for empty
+            slots); replace it with :meth:`set_graph` when the class memory rebuilds it.
         batch_size: batch size per rank (P x K).
         k: images per class.
         num_replicas: number of DDP ranks.
@@ -172,10 +178,20 @@ class GraphSampler(_IdentityBatchSampler):
         Raises:
             ValueError: if the graph has fewer rows than there are classes.
         """
-        graph = np.asarray(graph, dtype=np.int64)
+        graph = np.asarray(graph, dtype=np.int32)  # class ids; half the memory of int64 at 2M classes x k
         if graph.ndim != 2 or graph.shape[0] < len(self.members):
             raise ValueError(f"graph must be num_classes x k ({len(self.members)} rows), got {graph.shape}")
         self.graph = graph
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position (:meth:`PKSampler.state_dict`) and the graph, which decides the epoch's batches."""
+        return {**super().state_dict(), "graph": torch.from_numpy(self.graph)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume the position and the graph of the saved epoch."""
+        super().load_state_dict(state)
+        if "graph" in state:
+            self.set_graph(np.asarray(state["graph"]))
 
     def __len__(self) -> int:
         return self._per_rank

@@ -18,7 +18,6 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from oaml.losses.occlusion import OcclusionLoss
 from oaml.losses.pairwise import PairwiseMatchingLoss
@@ -99,7 +98,7 @@ class CombinedLoss(nn.Module):
 
     @property
     def uses_adaface(self) -> bool:
-        """Whether ``adaface_logits`` is needed."""
+        """Whether ``adaface_loss`` is needed."""
         return self.adaface_weight > 0
 
     @property
@@ -120,7 +119,7 @@ class CombinedLoss(nn.Module):
     def forward(
         self,
         labels: Tensor,
-        adaface_logits: Tensor | None = None,
+        adaface_loss: Tensor | None = None,
         qaconv_score: Tensor | None = None,
         memory_logits: Tensor | None = None,
         memory_valid: Tensor | None = None,
@@ -131,7 +130,8 @@ class CombinedLoss(nn.Module):
 
         Args:
             labels: B identity labels.
-            adaface_logits: B x num_classes margin-head logits.
+            adaface_loss: the margin head's cross-entropy, a scalar (``PartialFC``'s loss, or ``F.cross_entropy``
+                of a ``MarginHead``'s logits).
             qaconv_score: B x B QAConv(F, F; O, O) logits.
             memory_logits: B x (1 + k) class-memory logits (``ClassMemory.logits``).
             memory_valid: B x (1 + k) bool validity of ``memory_logits``.
@@ -147,8 +147,7 @@ class CombinedLoss(nn.Module):
         terms: list[Tensor] = []
         parts: dict[str, Tensor] = {}
         if self.uses_adaface:
-            logits = _require(adaface_logits, "adaface_logits", "adaface")
-            parts["adaface"] = F.cross_entropy(logits.float(), labels.to(logits.device))
+            parts["adaface"] = _require(adaface_loss, "adaface_loss", "adaface").float()
             terms.append(self.adaface_weight * parts["adaface"])
         if self.uses_qaconv:
             terms.append(self.qaconv_weight * self._qaconv_term(labels, qaconv_score, memory_logits,

@@ -24,8 +24,9 @@ from oaml.data.transforms import TrainTransform
 from oaml.devices import check_gpu_count
 from oaml.fileio import cache_root, is_writable_dir
 from oaml.losses import CombinedLoss
-from oaml.models import ClassMemory, FaceModel, build_face_model, build_head
+from oaml.models import ClassMemory, FaceModel, build_face_model
 from oaml.models.checkpoint import CheckpointMeta
+from oaml.models.partial_fc import PartialFC
 from oaml.training.callbacks import BatchPreview, SignalCheckpoint, SkippedImagesSummary
 from oaml.training.checkpoint_io import AtomicCheckpointIO
 from oaml.training.monitor import LossCurves, OamlProgressBar, ThroughputMonitor
@@ -33,9 +34,14 @@ from oaml.training.objective import TrainingObjective
 from oaml.training.system import OamlSystem, OptimSettings
 
 __all__ = ["build_datamodule", "build_loss", "build_model", "build_objective", "build_system", "build_trainer",
-           "check_data_paths", "checkpoint_meta", "data_paths", "val_check_interval"]
+           "check_data_paths", "checkpoint_meta", "data_paths", "val_check_interval", "world_size"]
 
 logger = logging.getLogger(__name__)
+
+
+def world_size(config: OamlConfig) -> int:
+    """Processes of the run: devices per node x nodes."""
+    return config.system.devices * config.system.num_nodes
 
 
 def data_paths(config: OamlConfig) -> tuple[Path, Path]:
@@ -90,9 +96,14 @@ def build_datamodule(config: OamlConfig) -> FaceDataModule:
         transform = TrainTransform(augment.mask_prob, augment.flip_prob, augment.crop_augmentation_prob,
                                    augment.low_res_augmentation_prob, augment.photometric_augmentation_prob,
                                    config.channel_order, config.train.seed)
-        world = config.system.devices * config.system.num_nodes
-        train = TrainData(train_path, transform, config.train.batch_size // world, config.loss.instances_per_identity,
-                          config.train.seed, config.data.max_bad_fraction, subset_index=subset)
+        world, k = world_size(config), config.loss.instances_per_identity
+        per_device = config.train.batch_size // world
+        if config.loss.graph_sampler and per_device // k - 1 > config.loss.k_nearest:
+            logger.warning("--graph_sampler: a batch takes %d classes, a seed and %d neighbours, but the class graph "
+                           "holds --k_nearest %d; the rest of each batch is drawn at random", per_device // k,
+                           per_device // k - 1, config.loss.k_nearest)
+        train = TrainData(train_path, transform, per_device, k, config.train.seed, config.data.max_bad_fraction,
+                          subset_index=subset, graph_sampler=config.loss.graph_sampler)
     verification = None
     if val_path.is_dir():
         verification = VerificationData(val_path, _memfile_dir(val_path), config.channel_order,
@@ -108,15 +119,19 @@ def build_loss(config: OamlConfig) -> CombinedLoss:
 
 
 def build_objective(config: OamlConfig, model: FaceModel, num_classes: int) -> TrainingObjective:
-    """The margin head, the class memory (when the class-memory loss is on) and the weighted losses of ``config``."""
-    head = build_head(config.model.head, embedding_size=model.backbone.embedding_size, num_classes=num_classes,
-                      m=config.model.m, h=config.model.h, s=config.model.s, t_alpha=config.model.t_alpha)
-    loss = build_loss(config)
+    """The sharded margin head, the class memory (when the class-memory loss is on) and the weighted losses of
+    ``config``, built for rank 0 of the run's world size (``OamlSystem.setup`` places them on their rank)."""
+    world, loss = world_size(config), build_loss(config)
+    embedding = model.backbone.embedding_size
+    head = PartialFC(config.model.head, embedding, num_classes, world_size=world, sample_rate=config.loss.sample_rate,
+                     seed=config.train.seed, m=config.model.m, h=config.model.h, s=config.model.s,
+                     t_alpha=config.model.t_alpha)
     memory = None
     if loss.uses_class_memory:
         qa = model.qaconv
         memory = ClassMemory(num_classes, qa.num_features, qa.height, qa.width, config.loss.k_nearest,
-                             device="cpu" if config.loss.class_memory_on_cpu else None)
+                             device="cpu" if config.loss.class_memory_on_cpu else None, embedding_size=embedding,
+                             world_size=world)
     return TrainingObjective(head, loss, memory, occlusion_aware=config.loss.occlusion_method != "none",
                              occlusion_detach=config.loss.occlusion_detach)
 
@@ -141,7 +156,8 @@ def build_system(config: OamlConfig, num_classes: int, class_names: list[str] | 
                                                              config.eval.eval_qaconv_weight),
                       val_set_names=val_set_names or list(VAL_SET_NAMES), max_nonfinite_steps=train.max_nonfinite_steps,
                       log_every_n_steps=train.log_every_n_steps,
-                      metadata=checkpoint_meta(config, num_classes, class_names or []))
+                      metadata=checkpoint_meta(config, num_classes, class_names or []),
+                      start_weights=config.system.start_from_model_statedict or None)
 
 
 def checkpoint_meta(config: OamlConfig, num_classes: int, class_names: list[str]) -> CheckpointMeta:
@@ -199,7 +215,7 @@ def _loggers(config: OamlConfig, experiment_dir: Path) -> list[Logger]:
 
 
 def _strategy(config: OamlConfig, loss: CombinedLoss) -> str | DDPStrategy:
-    if config.system.devices * config.system.num_nodes == 1:
+    if world_size(config) == 1:
         return "auto"
     if config.system.distributed_backend == "ddp_spawn":
         return "ddp_spawn"

@@ -14,23 +14,25 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from oaml.config import OamlConfig, config_from_dict
+from oaml.config import OamlConfig, config_from_dict, validate
 from oaml.constants import VAL_SET_NAMES
 from oaml.data.datamodule import FaceDataModule
 from oaml.data.samplers import PKSampler
-from oaml.devices import check_gpu_count
+from oaml.devices import check_gpu_count, gpu_memory_free, host_memory_available
 from oaml.errors import CheckpointError, ConfigError
 from oaml.evaluation.report import console_table
 from oaml.training.run_folder import create_run_folder
 from oaml.models.checkpoint import read_meta
-from oaml.training.build import build_datamodule, build_system, build_trainer, data_paths
+from oaml.models.iresnet import feature_map_side, scaled_widths
+from oaml.training.build import build_datamodule, build_loss, build_system, build_trainer, data_paths, world_size
 from oaml.training.callbacks import SignalCheckpoint
+from oaml.training.memory_estimate import RankMemory, check_rank_memory, format_rank_memory
 from oaml.training.monitor import format_duration, run_log
 from oaml.training.resume import check_resume, check_resume_classes, resume_folder
 from oaml.training.system import OamlSystem
 from oaml.training.weights import checkpoint_classes, evaluation_config, load_start_weights
 
-__all__ = ["TrainingResult", "check_batches", "format_summary", "run_training", "summary_table"]
+__all__ = ["TrainingResult", "check_batches", "check_memory", "format_summary", "run_training", "summary_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +123,7 @@ def check_batches(config: OamlConfig, datamodule: FaceDataModule) -> None:
     Raises:
         ConfigError: naming the batch, the identities it needs, what the data has and the largest batch that fits.
     """
-    world = config.system.devices * config.system.num_nodes
+    world = world_size(config)
     k, per_device = config.loss.instances_per_identity, config.train.batch_size // world
     dataset = datamodule.train_dataset
     assert dataset is not None  # set up by the caller
@@ -134,6 +136,34 @@ def check_batches(config: OamlConfig, datamodule: FaceDataModule) -> None:
         f"{world} device(s), but {datamodule.train_path} has {identities} identities, so not one batch can be "
         f"formed; "
         f"use --batch_size {largest} or less (a multiple of {k * world}), or train on more identities")
+
+
+def check_memory(config: OamlConfig, num_classes: int) -> RankMemory:
+    """Log the memory each rank needs for the sharded head, the class memory and the optimizer state, and refuse a
+    run where it does not fit.
+
+    The budget is the free memory of the run's GPUs, plus for ``--class_memory_on_cpu`` the host's available memory
+    shared by the node's ranks; on a CPU-only run everything lives on the host, shared by the node's processes.
+
+    Raises:
+        ConfigError: naming the sizes and the fixes (``--sample_rate``, ``--class_memory_on_cpu``, more ranks).
+    """
+    system, cpu_only = config.system, config.system.gpus == 0
+    host = host_memory_available() // system.devices
+    settings = dict(sample_rate=config.loss.sample_rate, k_nearest=config.loss.k_nearest,
+                    feature_shape=(scaled_widths(config.model.width)[-1], *(2 * [feature_map_side(
+                        config.data.input_size)])), memory_on_cpu=config.loss.class_memory_on_cpu and not cpu_only,
+                    momentum=config.train.momentum > 0, class_memory=build_loss(config).uses_class_memory,
+                    batch_size=config.train.batch_size)
+    estimate = check_rank_memory(num_classes, world_size(config), host if cpu_only else gpu_memory_free(system.gpus),
+                                 None if cpu_only else host, cpu_only=cpu_only, **settings)
+    logger.info("memory per rank for the margin head, class memory and optimizer state: %s",
+                format_rank_memory(estimate))
+    if estimate.gathered_on_save > host_memory_available():
+        logger.warning("a checkpoint gathers the whole head and class memory on rank 0's host (%.1f GiB) but %.1f GiB "
+                       "is available there: saving will run out of memory", estimate.gathered_on_save / 2**30,
+                       host_memory_available() / 2**30)
+    return estimate
 
 
 def _announce_validation(config: OamlConfig, set_names: list[str]) -> None:
@@ -159,7 +189,8 @@ def _resume_checks(config: OamlConfig) -> tuple[Path | None, int | None]:
 
 
 def _prepare(config: OamlConfig) -> tuple[FaceDataModule, list[str], Path | None]:
-    """Everything that can fail on bad input, before a run folder exists: devices, resume, data, batch."""
+    """Everything that can fail on bad input, before a run folder exists: devices, resume, data, batch, memory."""
+    validate(config)
     check_gpu_count(config.system.gpus)
     folder, classes = _resume_checks(config) if config.system.resume_from_checkpoint else (None, None)
     datamodule = build_datamodule(config)
@@ -174,6 +205,7 @@ def _prepare(config: OamlConfig) -> tuple[FaceDataModule, list[str], Path | None
     else:
         datamodule.setup("fit")
         check_batches(config, datamodule)
+        check_memory(config, datamodule.num_classes)
         if config.system.resume_from_checkpoint:
             check_resume_classes(config.system.resume_from_checkpoint, classes, datamodule.num_classes,
                                  datamodule.train_path)

@@ -5,6 +5,11 @@ It receives built modules (STYLE §2.10-11): the model and the :class:`~oaml.tra
 (margin head, class memory, losses). A training step reads: forward, objective, skip a non-finite loss (SPEC §6),
 update the class memory, log. Validation and test score pairs with :mod:`oaml.evaluation.scoring`, the path
 ``oaml eval`` uses too (SPEC §9).
+
+Sharding (SPEC §13.3): in ``setup``, once the process group exists, the objective's head and class memory are
+placed on this rank (their columns and rows are neither broadcast nor averaged by DDP); checkpoints hold them
+whole, gathered on rank 0 in ``on_save_checkpoint`` together with the kernel's momentum, and they load on any number
+of ranks. Every epoch the rebuilt class graph is handed to a datamodule that samples by it (QAConv-GS).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from oaml.losses import nonfinite_components
 from oaml.models import FaceModel
 from oaml.models.checkpoint import CheckpointMeta, system_state_dict
 from oaml.training.objective import TrainingObjective
-from oaml.training.optim import build_sgd
+from oaml.training.partial_sgd import PartialSGD, build_partial_sgd
+from oaml.training.weights import load_start_weights
 
 __all__ = ["OamlSystem", "OptimSettings"]
 
@@ -61,13 +67,16 @@ class OamlSystem(pl.LightningModule):
         max_nonfinite_steps: abort after this many consecutive non-finite losses.
         log_every_n_steps: period of the occlusion-head weight-norm log.
         metadata: stored in every checkpoint under ``"oaml"``.
+        start_weights: the ``--start_from_model_statedict`` checkpoint, loaded again in ``setup`` when placing the
+            objective on its rank re-created the head or the memory (the caller loads it once before training).
     """
 
     def __init__(self, model: FaceModel, objective: TrainingObjective, optim: OptimSettings, *,
                  eval_weights: tuple[float, float], val_set_names: Sequence[str], max_nonfinite_steps: int,
-                 log_every_n_steps: int, metadata: CheckpointMeta) -> None:
+                 log_every_n_steps: int, metadata: CheckpointMeta, start_weights: str | None = None) -> None:
         super().__init__()
         self.model, self.objective, self.optim, self.eval_weights = model, objective, optim, eval_weights
+        self.start_weights = start_weights
         self.val_set_names = list(val_set_names)
         self.max_nonfinite_steps, self.log_every_n_steps = max_nonfinite_steps, log_every_n_steps
         self.metadata = metadata
@@ -75,25 +84,33 @@ class OamlSystem(pl.LightningModule):
         self.nonfinite_total = 0
         self.val_metrics: dict[str, float] = {}
         self._pair_scores: dict[int, list[PairScores]] = {}
-        if objective.class_memory is not None:
-            # Every rank writes the same gathered samples, so DDP need not broadcast this (large) memory.
-            self._ddp_params_and_buffers_to_ignore = [f"objective.class_memory.{n}"
-                                                      for n, _ in objective.class_memory.named_buffers()]
+        self._ddp_params_and_buffers_to_ignore = [f"objective.{name}" for name in objective.sharded_names]
 
     def forward(self, images: Tensor) -> Tensor:
         """Unit embeddings (B x 512) of normalised faces; for inference only."""
         return self.model(images).embedding
 
+    def setup(self, stage: str) -> None:
+        """Place the objective's shards on this rank (the process group exists from here on)."""
+        head = self.objective.head
+        before = (head.spec.rank, head.spec.world_size)
+        self.objective.shard(self.trainer.global_rank, self.trainer.world_size)
+        if (head.spec.rank, head.spec.world_size) != before and self.start_weights:
+            load_start_weights(self, self.start_weights)
+
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
         self.objective.rebuild_graph()
+        datamodule = self.trainer.datamodule
+        if getattr(datamodule, "uses_class_graph", False):
+            datamodule.set_class_graph(self.objective.class_graph())
 
     def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor | None:
         out = self.model(batch.images)
         total, parts = self.objective(out, batch.labels, batch.visibility, self.model.qaconv)
         if self._skip_nonfinite(parts, batch_idx):
             return None
-        self.objective.update_memory(*self._gather_for_memory(out.feature_map.detach(), batch.labels))
+        self.objective.update_memory(out, batch.labels)
         self._log_training(parts, batch.images.shape[0])
         return total
 
@@ -119,12 +136,6 @@ class OamlSystem(pl.LightningModule):
                 f"{self.current_epoch}, batch {batch_idx}); non-finite component(s): {', '.join(bad) or 'see log'}; "
                 f"values: {values}. Lower --lr, check the data, or raise --max_nonfinite_steps.")
         return True
-
-    def _gather_for_memory(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        if self.trainer.world_size == 1:
-            return features, labels
-        features = self.all_gather(features).flatten(0, 1)
-        return features, self.all_gather(labels).flatten(0, 1)
 
     def _log_training(self, parts: dict[str, Tensor], batch_size: int) -> None:
         self.log_dict({f"train/{name}": value for name, value in parts.items()}, on_step=True, on_epoch=True,
@@ -179,14 +190,24 @@ class OamlSystem(pl.LightningModule):
     # ------------------------------------------------------------------ optimizer and checkpoints
     def configure_optimizers(self) -> dict[str, Any]:
         steps = max(1, int(self.trainer.estimated_stepping_batches) // max(1, self.trainer.max_epochs or 1))
-        optimizer, scheduler = build_sgd([self.model, self.objective], self.optim.lr, self.optim.momentum,
-                                         self.optim.weight_decay, steps, self.optim.milestones, self.optim.gamma,
-                                         self.optim.warmup_epochs)
+        optimizer, scheduler = build_partial_sgd([self.model, self.objective], [self.objective.head], self.optim.lr,
+                                                 self.optim.momentum, self.optim.weight_decay, steps,
+                                                 self.optim.milestones, self.optim.gamma, self.optim.warmup_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Metadata and random states; under several ranks the whole head, memory and kernel momentum, gathered on
+        rank 0 (every rank runs this hook; only rank 0 writes)."""
         checkpoint["oaml"] = self.metadata.to_dict()
         checkpoint["rng_states"] = _rng_states()
+        if self.objective.head.spec.world_size == 1:
+            return
+        full = self.objective.full_state_dict(dst=0)
+        if full is not None:
+            checkpoint["state_dict"].update({f"objective.{k}": v for k, v in full.items()})
+        optimizers = [o for o in self.trainer.optimizers if isinstance(o, PartialSGD)]
+        for optimizer, state in zip(optimizers, checkpoint.get("optimizer_states", [])):
+            optimizer.gather_state(state, dst=0)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = system_state_dict(checkpoint)  # a format-1 checkpoint resumes too

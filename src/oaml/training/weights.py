@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import torch
 
 from oaml.config import OamlConfig, config_from_dict
 from oaml.errors import CheckpointError
-from oaml.models import extract_prefixed
+from oaml.models import FaceModel, extract_prefixed
 from oaml.models.checkpoint import CheckpointMeta, backbone_state_dict, read_checkpoint, system_state_dict
-from oaml.training.system import OamlSystem
+from oaml.training.objective import TrainingObjective
 
 __all__ = ["checkpoint_classes", "evaluation_config", "load_start_weights"]
 
@@ -27,7 +28,16 @@ _MEMORY = "objective.class_memory."
 _HEAD = "objective.head."
 
 
-def load_start_weights(system: OamlSystem, path: str | os.PathLike[str]) -> None:
+class StartableSystem(Protocol):
+    """What :func:`load_start_weights` needs of a system (``OamlSystem``): its model, objective and state."""
+
+    model: FaceModel
+    objective: TrainingObjective
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any: ...
+
+
+def load_start_weights(system: StartableSystem, path: str | os.PathLike[str]) -> None:
     """Initialise ``system`` from ``--start_from_model_statedict``.
 
     Our checkpoints load strictly (the class memory only when the system has one). A released AdaFace checkpoint
@@ -37,7 +47,7 @@ def load_start_weights(system: OamlSystem, path: str | os.PathLike[str]) -> None
     Raises:
         CheckpointError: on an unknown layout or mismatching keys.
     """
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, mmap=True)  # each rank copies only its own head columns and memory rows
     state = system_state_dict(checkpoint)
     if any(key.startswith("model.backbone.") for key in state):
         keep = system.objective.class_memory is not None
@@ -54,11 +64,12 @@ def load_start_weights(system: OamlSystem, path: str | os.PathLike[str]) -> None
         raise CheckpointError(f"{path}: backbone weights do not match --arch/--width: {error}") from None
     head, head_state = system.objective.head, extract_prefixed(state, _HEAD)
     kernel = head_state.get("kernel")
-    if kernel is not None and kernel.shape == head.kernel.shape:
-        head.load_state_dict(head_state, strict=False)
+    full_shape = (head.embedding_size, head.num_classes)
+    if kernel is not None and tuple(kernel.shape) == full_shape:
+        head.load_state_dict(head_state, strict=False)  # each rank keeps its columns
     else:
         logger.warning("%s: head not loaded (%s); it starts fresh", path,
-                       "absent" if kernel is None else f"{tuple(kernel.shape)} vs {tuple(head.kernel.shape)}")
+                       "absent" if kernel is None else f"{tuple(kernel.shape)} vs {full_shape}")
     fresh = [f"model.occlusion_head.{n}" for n, _ in system.model.occlusion_head.named_parameters()] + \
             [f"model.qaconv.{n}" for n, _ in system.model.qaconv.named_parameters()]
     logger.warning("%s is a backbone-only checkpoint: initialised fresh: %s", path, ", ".join(fresh))
