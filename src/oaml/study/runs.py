@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from oaml.errors import ConfigError, DataError
-from oaml.study.data import (HeldOutPairs, Split, default_roots, discover_identities, held_out_pairs,
+from oaml.study.data import (DEFAULT_DATASETS, HeldOutPairs, Split, default_roots, discover_identities, held_out_pairs,
                              link_train_folder, split_identities)
 from oaml.study.options import IMAGES_PER_IDENTITY, FAR, METHODS, VARIANTS, StudyOptions, Variant, threads_per_run
 from oaml.study.report import write_study
@@ -278,7 +278,7 @@ def run_study(options: StudyOptions) -> dict[str, Path]:
     roots = [Path(r) for r in options.roots] or default_roots()
     if not roots:
         raise DataError("no study data: pass aligned identity folders, or provide ../shared/data (or set "
-                        "OAML_SHARED_DATA) with att_faces_arcface112, lfw_subset10_arcface112, dlib_johns_arcface112")
+                        "OAML_SHARED_DATA) with " + ", ".join(DEFAULT_DATASETS))
     identities = discover_identities(roots)
     work = Path(options.work_dir).resolve()
     threads = threads_per_run(options.jobs)
