@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from oaml.constants import PAIRS_FORMATS
 from oaml.evaluation.options import EvalOptions
 
 __all__ = ["register"]
@@ -44,7 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                           help="weight of the QAConv score")
     evaluate.add_argument("--dynamic-weights", action="store_true", help="the seed's validation rule for the 10-fold "
                           "combined accuracy: weights 0.8/0.2 while QAConv is below chance")
-    evaluate.add_argument("--pairs", default=None, help="LFW pairs.txt-format file listing the pairs to score")
+    evaluate.add_argument("--pairs", default=None, help="file listing the pairs to score: LFW pairs.txt, or one "
+                          "'path_a path_b label' row per pair (label 1/0 or same/diff)")
+    evaluate.add_argument("--pairs-format", choices=PAIRS_FORMATS, default=_DEFAULTS.pairs_format,
+                          help="format of --pairs: auto (detected from its first line), lfw or list")
     evaluate.add_argument("--mask-probes", action="store_true",
                           help="also evaluate with deterministic synthetic masks on one side of every pair")
     evaluate.add_argument("--mask-seed", type=int, default=_DEFAULTS.mask_seed,
@@ -93,7 +97,8 @@ def _eval(args: argparse.Namespace) -> int:
                               qaconv_weight=args.qaconv_weight, resize=args.resize, mask_probes=args.mask_probes,
                               mask_seed=args.mask_seed, arch=args.arch, device=args.device,
                               num_workers=args.num_workers, progress=not args.no_progress, plots=not args.no_plots,
-                              skip_bad=args.skip_bad, dynamic_weights=args.dynamic_weights)
+                              skip_bad=args.skip_bad, dynamic_weights=args.dynamic_weights,
+                              pairs_format=args.pairs_format)
     except ValueError as error:
         raise ConfigError(str(error)) from error
     outcome = evaluate(args.model_path, args.data_path, args.output_dir, pairs_path=args.pairs, options=options)

@@ -176,7 +176,8 @@ def evaluate(model_path: str | os.PathLike[str], data_path: str | os.PathLike[st
         model_path: Our checkpoint or a released AdaFace ``.ckpt``.
         data_path: A folder of identity folders (aligned faces) or a ``.bin`` verification file.
         output_dir: Output folder (created if needed).
-        pairs_path: Optional LFW-format pairs file, paths relative to ``data_path``.
+        pairs_path: Optional pairs file (LFW ``pairs.txt`` or a "path_a path_b label" list), paths relative to
+            ``data_path``.
         options: Evaluation settings.
 
     Returns:
@@ -191,7 +192,8 @@ def evaluate(model_path: str | os.PathLike[str], data_path: str | os.PathLike[st
     start, started_at = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc)
     recognizer = load_model(model_path, options.device, arch=options.arch, batch_size=options.batch_size,
                             resize=options.resize)
-    data = load_eval_set(data_path, pairs_path, recognizer.info.input_size, options.resize, options.skip_bad)
+    data = load_eval_set(data_path, pairs_path, recognizer.info.input_size, options.resize, options.skip_bad,
+                         options.pairs_format)
     rows_i, rows_j, issame = _pairs(data, options.max_pairs)
     _check_counts(issame, data)
     logger.info("evaluating %d images, %d pairs (%s)", len(data.images), issame.shape[0], data.mode)

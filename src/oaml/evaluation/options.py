@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from oaml.constants import PAIRS_FORMATS
 from oaml.evaluation.verification import DEFAULT_FARS
 
 __all__ = ["EvalOptions"]
@@ -32,6 +33,7 @@ class EvalOptions:
             stopping at the first one.
         dynamic_weights: Apply the seed's dynamic rule to the 10-fold combined accuracy, as validation does:
             weights (0.8, 0.2) while QAConv's own accuracy is below 0.5.
+        pairs_format: Format of the pairs file: ``auto`` (detected), ``lfw`` or ``list`` ("path_a path_b label").
     """
 
     batch_size: int = 64
@@ -50,6 +52,7 @@ class EvalOptions:
     plots: bool = True
     skip_bad: bool = False
     dynamic_weights: bool = False
+    pairs_format: str = "auto"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_workers < 0 or self.qaconv_block_rows < 1:
@@ -58,3 +61,5 @@ class EvalOptions:
         if min(self.adaface_weight, self.qaconv_weight) < 0 or self.adaface_weight + self.qaconv_weight == 0:
             raise ValueError(f"weights must be >= 0 and not both 0, got adaface {self.adaface_weight}, "
                              f"qaconv {self.qaconv_weight}")
+        if self.pairs_format not in PAIRS_FORMATS:
+            raise ValueError(f"pairs_format must be one of {', '.join(PAIRS_FORMATS)}, got {self.pairs_format!r}")
