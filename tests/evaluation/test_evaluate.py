@@ -169,7 +169,7 @@ def test_all_pairs_scorers_equal_the_upper_triangle(oaml_ckpt: Path, face_folder
     rec = load_model(oaml_ckpt, batch_size=4)
     files = sorted(str(p) for p in face_folder.rglob("*.png"))
     feats = extract_features(rec, EvalImages(names=files, paths=files), progress=False)
-    masked = extract_features(rec, EvalImages(names=files, paths=files), mask_seed=0, progress=False)
+    masked = extract_features(rec, EvalImages(names=files, paths=files), occluder="mask", progress=False)
     n = len(files)
     iu = np.triu_indices(n, 1)
     emb = feats.embedding

@@ -24,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from oaml.constants import FACE_SIZE
+from oaml.constants import ARCFACE_TEMPLATE, FACE_SIZE
 from oaml.data.images import IMAGE_EXTENSIONS, decode_image, list_images
+from oaml.data.landmarks import aligned_landmarks
 from oaml.data.pairs import read_pairs, resolve_pair_list, resolve_pairs
 from oaml.data.verification_sets import load_bin
 from oaml.errors import DataError
 
-__all__ = ["EvalImages", "EvalSet", "bin_set", "check_image_sizes", "decode_face", "find_bad_images", "folder_set",
-           "load_eval_set", "pairs_set"]
+__all__ = ["EvalImages", "EvalSet", "attach_landmarks", "bin_set", "check_image_sizes", "decode_face",
+           "find_bad_images", "folder_set", "load_eval_set", "pairs_set"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ class EvalImages:
         blobs: Encoded images held in memory (``.bin`` input).
         size: Required side in pixels.
         resize: Resize other sizes instead of raising.
+        landmarks: ``N x 5 x 2`` landmarks of the images in their own pixels (from the folder's
+            ``landmarks.tsv``, the template where an image has none), where occluders are placed; None: the
+            template for every image.
     """
 
     names: list[str]
@@ -67,6 +71,7 @@ class EvalImages:
     blobs: list[bytes] | None = None
     size: int = FACE_SIZE
     resize: bool = False
+    landmarks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -147,7 +152,8 @@ class EvalSet:
         images = EvalImages(names=[self.images.names[k] for k in keep],
                             paths=None if self.images.paths is None else [self.images.paths[k] for k in keep],
                             blobs=None if self.images.blobs is None else [self.images.blobs[k] for k in keep],
-                            size=self.images.size, resize=self.images.resize)
+                            size=self.images.size, resize=self.images.resize,
+                            landmarks=None if self.images.landmarks is None else self.images.landmarks[keep])
         pairs: dict[str, np.ndarray | None] = {"pair_i": None, "pair_j": None, "issame": self.issame}
         dropped = 0
         if self.pair_i is not None and self.pair_j is not None:
@@ -301,14 +307,42 @@ def bin_set(path: str | os.PathLike[str], size: int = FACE_SIZE, resize: bool = 
                    issame=np.asarray(issame, bool))
 
 
+def attach_landmarks(images: EvalImages, root: str | os.PathLike[str]) -> EvalImages:
+    """``images`` with the landmarks of ``root/landmarks.tsv`` (``oaml align``'s), mapped into each crop, scaled
+    to ``images.size``; the template for images the file does not list. Unchanged without the file or paths.
+
+    Raises:
+        DataError: On a malformed ``landmarks.tsv`` (naming the line).
+    """
+    root = Path(root)
+    if images.paths is None or not (root / "landmarks.tsv").is_file():
+        return images
+    table = aligned_landmarks(root, images.size)
+    template = ARCFACE_TEMPLATE.astype(np.float64) * (images.size / FACE_SIZE)
+    base = root.resolve()
+    points = np.stack([table.get(_relative(base, path), template) for path in images.paths])
+    found = sum(_relative(base, path) in table for path in images.paths)
+    logger.info("occluders follow %s/landmarks.tsv: %d of %d images listed (the template for the rest)", root,
+                found, len(images))
+    return dataclasses.replace(images, landmarks=points)
+
+
+def _relative(root: Path, path: str) -> str:
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return ""
+
+
 def load_eval_set(data_path: str | os.PathLike[str], pairs_path: str | os.PathLike[str] | None = None,
                   size: int = FACE_SIZE, resize: bool = False, skip_bad: bool = False,
-                  pairs_format: str = "auto") -> EvalSet:
+                  pairs_format: str = "auto", landmarks: bool = True) -> EvalSet:
     """Dispatch on the input: a ``.bin`` file, a folder with a pairs file (``pairs_format``: see
     :data:`oaml.data.pairs.PAIRS_FORMATS`), or a folder (all pairs).
 
     The image sizes are checked up front (see :func:`check_image_sizes`). With ``skip_bad`` every image is decoded
     first, and those that cannot be used are left out with their pairs and listed in :attr:`EvalSet.bad_images`.
+    With ``landmarks``, a folder's ``landmarks.tsv`` places the occluders (:func:`attach_landmarks`).
 
     Raises:
         FileNotFoundError: If a path does not exist.
@@ -323,6 +357,8 @@ def load_eval_set(data_path: str | os.PathLike[str], pairs_path: str | os.PathLi
         data = pairs_set(data_path, pairs_path, size, resize, pairs_format)
     else:
         data = folder_set(data_path, size, resize)
+    if landmarks and data.mode != "bin":
+        data = dataclasses.replace(data, images=attach_landmarks(data.images, data_path))
     if skip_bad:
         bad = find_bad_images(data.images)
         if bad:
