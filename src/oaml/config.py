@@ -210,7 +210,11 @@ class EvalConfig:
 
     eval_adaface_weight: float = _opt(0.5, "weight of the standardised AdaFace score in the combined score")
     eval_qaconv_weight: float = _opt(0.5, "weight of the standardised QAConv score in the combined score")
-    masked_protocol: bool = _opt(True, "also validate with a synthetic mask on the second image of each pair")
+    masked_protocol: bool = _opt(True, "also validate with a synthetic mask on the second image of each pair "
+                                 "(metrics val/masked_*)")
+    val_occluders: str = _opt("", "more occlusion protocols to validate, comma-separated, each logged as "
+                              "val/occ_<protocol>_*: NAME (occluder NAME on the second image of each pair) or "
+                              "FIRST+SECOND (e.g. sunglasses,mask+sunglasses); names as oaml eval --occluders")
     val_batch_size: int = _opt(128, "images per validation batch (per device)")
     val_every_n_epochs: int = _opt(1, "validate every N epochs (the interval within an epoch follows the seed's "
                                    "rule: once per epoch for runs over 4 epochs, else every tenth)")
