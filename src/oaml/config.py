@@ -198,10 +198,14 @@ class AugmentConfig:
     low_res_augmentation_prob: float = _opt(0.0, "probability of the low-resolution augmentation")
     crop_augmentation_prob: float = _opt(0.0, "probability of the in-place crop augmentation")
     photometric_augmentation_prob: float = _opt(0.0, "probability of the photometric augmentation")
+    occluders: str = _opt("", "training occluder mixture name:probability,... (e.g. mask:0.5,sunglasses:0.2,"
+                          "eyes:0.1; at most one occluder per image, probabilities summing to <= 1); empty: the "
+                          "synthetic medical mask with mask_prob")
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
-            _prob(item.name, getattr(self, item.name))
+            if item.name.endswith("_prob"):
+                _prob(item.name, getattr(self, item.name))
 
 
 @dataclass(frozen=True)

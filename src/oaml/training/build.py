@@ -88,9 +88,12 @@ def build_datamodule(config: OamlConfig) -> FaceDataModule:
             subset = Path(config.data.subset_index) if config.data.subset_index else \
                 train_path / "ms1mv2_train_subset_index.txt"
         augment = config.augment
-        transform = TrainTransform(augment.mask_prob, augment.flip_prob, augment.crop_augmentation_prob,
-                                   augment.low_res_augmentation_prob, augment.photometric_augmentation_prob,
-                                   config.channel_order, config.train.seed)
+        try:
+            transform = TrainTransform(augment.mask_prob, augment.flip_prob, augment.crop_augmentation_prob,
+                                       augment.low_res_augmentation_prob, augment.photometric_augmentation_prob,
+                                       config.channel_order, config.train.seed, occluders=augment.occluders)
+        except ValueError as error:
+            raise ConfigError(f"--occluders: {error}") from None
         world = config.system.devices * config.system.num_nodes
         train = TrainData(train_path, transform, config.train.batch_size // world, config.loss.instances_per_identity,
                           config.train.seed, config.data.max_bad_fraction, subset_index=subset)
