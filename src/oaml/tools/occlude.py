@@ -23,7 +23,9 @@ Outputs in ``out_dir`` (docs/formats.md):
   ``landmarks`` (``N x 5 x 2``, where the occluder was placed), and ``source``, ``protocol``, ``seed``;
 - ``manifest.json``: the exact command, the protocol, counts, the source's SHA-256 and the SHA-256 of every output.
 
-Nothing depends on time or on the machine's load: the same command writes byte-identical files.
+Nothing depends on time or on the machine's load: the same command writes byte-identical files. The ``.bin``,
+``pairs.txt``, ``occlusion.npz`` and ``manifest.json`` are written atomically, the manifest last: an ``out_dir``
+without one is an interrupted run.
 """
 
 from __future__ import annotations
@@ -275,8 +277,9 @@ def _write_set(source: _Source, out: Path, keys: list[str], payloads: list[bytes
         pickle.dump((payloads, [bool(s) for s in source.pairs[2]]), buffer, protocol=4)  # type: ignore[index]
         atomic_write_bytes(out / source.path.name, buffer.getvalue())
         return [source.path.name]
-    for key, payload in zip(keys, payloads):
-        atomic_write_bytes(out / key, payload)
+    for key, payload in zip(keys, payloads):  # not fsynced one by one: the manifest, written last, vouches for them
+        (out / key).parent.mkdir(parents=True, exist_ok=True)
+        (out / key).write_bytes(payload)
     if source.pairs is None:
         return list(keys)
     if source.pairs_kind == "lfw" and single:  # every image has one variant: LFW's own names still hold
