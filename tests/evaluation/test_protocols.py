@@ -102,3 +102,19 @@ def test_cli_runs_protocols_and_refuses_unknown_occluders(oaml_ckpt: Path, small
     results = json.loads((tmp_path / "b" / "results.json").read_text())
     assert results["provenance"]["options"]["occluders"] == ["rect25", "mask+glasses"]
     assert np.isfinite(results["occlusion_head"]["rect25"]["mae"])
+
+
+def test_the_study_can_score_a_protocol_on_its_own_pairs(oaml_ckpt: Path, small_bin: Path, tmp_path: Path) -> None:
+    from oaml.evaluation.embed import extract_features
+    from oaml.evaluation.protocols import score_occlusion_protocol
+
+    data = load_eval_set(small_bin)
+    recognizer = load_model(oaml_ckpt, batch_size=16)
+    clean = extract_features(recognizer, data.images, progress=False)
+    scored = score_occlusion_protocol(recognizer, data.images, clean, data.pair_i, data.pair_j, data.issame,
+                                      "mask+sunglasses", FAST)
+    results = evaluate(oaml_ckpt, small_bin, tmp_path, options=dataclasses.replace(
+        FAST, occluders=("mask+sunglasses",))).results
+    assert scored.scores.ten_fold["combined_mask+sunglasses"].accuracy == (
+        results["methods"]["combined_mask+sunglasses"]["ten_fold"]["accuracy"])
+    assert scored.calibration["auc"] == results["occlusion_head"]["mask+sunglasses"]["auc"]

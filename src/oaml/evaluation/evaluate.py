@@ -138,7 +138,8 @@ def evaluate(model_path: str | os.PathLike[str], data_path: str | os.PathLike[st
     calibration: dict[str, Any] = {}
     for protocol in eval_protocols(options):
         key = "masked" if protocol.is_mask else protocol.name
-        occluded = score_occlusion_protocol(recognizer, data, clean, rows_i, rows_j, issame, protocol, options)
+        occluded = score_occlusion_protocol(recognizer, data.images, clean, rows_i, rows_j, issame, protocol,
+                                            options)
         protocols[key], calibration[key] = occluded.scores, occluded.calibration
     from_npz = occlusion_npz_calibration(data, clean)
     if from_npz is not None:

@@ -34,7 +34,7 @@ from oaml.data.occluders import OcclusionProtocol, parse_protocols
 from oaml.evaluation.api import FaceRecognizer
 from oaml.evaluation.calibration import head_calibration
 from oaml.evaluation.embed import extract_occluded
-from oaml.evaluation.eval_data import EvalSet
+from oaml.evaluation.eval_data import EvalImages, EvalSet
 from oaml.evaluation.options import EvalOptions
 from oaml.evaluation.results import ProtocolScores
 from oaml.evaluation.scoring import (BatchFeatures, cosine_paired, cosine_upper, fuse_label_free, fused_ten_fold,
@@ -132,40 +132,43 @@ def eval_protocols(options: EvalOptions) -> tuple[OcclusionProtocol, ...]:
     return parse_protocols((["mask"] if options.mask_probes else []) + list(options.occluders))
 
 
-def _side(recognizer: FaceRecognizer, data: EvalSet, clean: BatchFeatures, rows: np.ndarray | None,
+def _side(recognizer: FaceRecognizer, images: EvalImages, clean: BatchFeatures, rows: np.ndarray | None,
           occluder: str | None, options: EvalOptions, desc: str) -> tuple[BatchFeatures, np.ndarray | None, Any]:
     """``(features, rows into them, (predicted, true) maps or None)`` of one side of the pairs."""
     if occluder is None:
         return clean, rows, None
     unique, position = (None, None) if rows is None else np.unique(rows, return_inverse=True)
     with_maps = recognizer.qaconv is not None or recognizer.occlusion_head is not None
-    feats, grids = extract_occluded(recognizer, data.images, unique, with_maps=with_maps, occluder=occluder,
+    feats, grids = extract_occluded(recognizer, images, unique, with_maps=with_maps, occluder=occluder,
                                     seed=options.mask_seed, num_workers=options.num_workers,
                                     progress=options.progress, desc=desc)
     maps = None if feats.occlusion is None else (feats.occlusion[:, 0].numpy(), grids)
     return feats, None if position is None else position.reshape(-1), maps
 
 
-def score_occlusion_protocol(recognizer: FaceRecognizer, data: EvalSet, clean: BatchFeatures,
+def score_occlusion_protocol(recognizer: FaceRecognizer, images: EvalImages, clean: BatchFeatures,
                              rows_i: np.ndarray | None, rows_j: np.ndarray | None, issame: np.ndarray,
-                             protocol: OcclusionProtocol, options: EvalOptions) -> OccludedScores:
+                             protocol: OcclusionProtocol | str, options: EvalOptions) -> OccludedScores:
     """Score the pairs under ``protocol`` (sides as in the module docstring) and calibrate the occlusion head.
+
+    The study calls it on its held-out pairs, e.g. with ``"mask+sunglasses"``.
 
     Args:
         recognizer: The model.
-        data: The evaluation set (its images are read again and occluded).
+        images: The images (read again and occluded; image ``k`` is seeded by ``k``).
         clean: The clean features of every image (reused for a side the protocol leaves clean).
         rows_i: First image of each listed pair; None scores all pairs i < j.
         rows_j: Second image of each listed pair.
         issame: Ground truth per pair.
-        protocol: The occlusion protocol.
+        protocol: The occlusion protocol, or its text.
         options: Seed (``mask_seed``), weights, workers and progress.
     """
+    protocol = OcclusionProtocol.parse(protocol) if isinstance(protocol, str) else protocol
     first, second = protocol.first, protocol.second
     if rows_i is None:  # all pairs: a one-sided occluder goes on probe i
         first, second = (second, None) if first is None else (first, second)
-    feats_a, rows_a, maps_a = _side(recognizer, data, clean, rows_i, first, options, f"{protocol.name} first")
-    feats_b, rows_b, maps_b = _side(recognizer, data, clean, rows_j, second, options, f"{protocol.name} second")
+    feats_a, rows_a, maps_a = _side(recognizer, images, clean, rows_i, first, options, f"{protocol.name} first")
+    feats_b, rows_b, maps_b = _side(recognizer, images, clean, rows_j, second, options, f"{protocol.name} second")
     scores = score_protocol(recognizer, feats_a, feats_b, rows_a, rows_b, issame, options, protocol.suffix)
     drawn = [maps for maps in (maps_a, maps_b) if maps is not None]
     if not drawn:
