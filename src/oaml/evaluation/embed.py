@@ -4,9 +4,11 @@
 returns flip-fused AdaFace embeddings plus (optionally) the feature and visibility maps of both views, which is what
 every score of the standalone evaluator needs. A tqdm bar on stderr shows the progress.
 
-Synthetic masks (``mask_seed``): image ``k`` is masked with ``apply_medical_mask`` driven by
-``numpy.random.default_rng((mask_seed, k))``, so the same image always gets the same mask, independent of the
-batch size, the worker count and the other images (the validation's masked protocol does the same).
+Occluders (``occluder``, ``seed``): image ``k`` gets :func:`oaml.data.occluders.seeded_occlusion` of ``(seed, k)``
+(for ``mask`` exactly ``apply_medical_mask`` driven by ``numpy.random.default_rng((seed, k))``), placed on the
+image's own landmarks when :attr:`~oaml.evaluation.eval_data.EvalImages.landmarks` holds them, so the same image
+always gets the same occluder, independent of the batch size, the worker count and the other images (validation's
+protocols do the same). :func:`extract_occluded` also returns the 7x7 visible fractions of every occluded image.
 
 :func:`embed_folder` writes ``embeddings.npy`` (N x 512 float32, flip-fused unit rows), ``index.csv`` (path relative to
 the folder, identity = first folder level or empty, norm) and, with ``save_maps``, ``features.npz`` holding the
@@ -27,79 +29,102 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from oaml.data.masks import seeded_mask
+from oaml.constants import FEATURE_MAP_SIZE
+from oaml.data.masks import visibility_grid
+from oaml.data.occluders import seeded_occlusion
 from oaml.evaluation.api import FaceRecognizer
 from oaml.evaluation.eval_data import EvalImages, check_image_sizes, find_bad_images, list_images
 from oaml.errors import DataError
 from oaml.evaluation.scoring import BatchFeatures
 from oaml.fileio import atomic_write
 
-__all__ = ["EmbedSummary", "MaskedImages", "embed_folder", "extract_features"]
+__all__ = ["EmbedSummary", "OccludedImages", "embed_folder", "extract_features", "extract_occluded"]
 
 logger = logging.getLogger(__name__)
 
 
-class MaskedImages(Dataset):
-    """``EvalImages`` restricted to ``indices``, optionally masked; items are uint8 BGR ``S x S x 3`` arrays.
+class OccludedImages(Dataset):
+    """``EvalImages`` restricted to ``indices``, optionally occluded; items are ``(image, grid)``: a uint8 BGR
+    ``S x S x 3`` array and the ``7 x 7`` float32 visible fractions of its occluder (all ones when clean).
 
     Args:
         images: The image source.
         indices: Image indices to yield, in order.
-        mask_seed: Draw a synthetic medical mask on every image, seeded by ``(mask_seed, image index)``;
-            None yields the images unchanged.
+        occluder: An occluder name (:func:`oaml.data.occluders.occluder_names`), seeded by ``(seed, image
+            index)``; None yields the images unchanged.
+        seed: The occluder seed.
     """
 
-    def __init__(self, images: EvalImages, indices: np.ndarray, mask_seed: int | None = None) -> None:
-        self.images, self.indices, self.mask_seed = images, np.asarray(indices, np.int64), mask_seed
+    def __init__(self, images: EvalImages, indices: np.ndarray, occluder: str | None = None, seed: int = 0) -> None:
+        self.images, self.indices = images, np.asarray(indices, np.int64)
+        self.occluder, self.seed = occluder, seed
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
 
-    def __getitem__(self, position: int) -> np.ndarray:
+    def __getitem__(self, position: int) -> tuple[np.ndarray, np.ndarray]:
         index = int(self.indices[position])
         image = self.images.read(index)
-        if self.mask_seed is not None:
-            image, _ = seeded_mask(image, self.mask_seed, index)
-        return image
+        if self.occluder is None:
+            return image, _ALL_VISIBLE
+        landmarks = None if self.images.landmarks is None else self.images.landmarks[index]
+        image, visibility = seeded_occlusion(image, self.occluder, self.seed, index, landmarks)
+        return image, visibility_grid(visibility)
 
 
-def _collate(batch: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(batch))
+_ALL_VISIBLE = np.ones((FEATURE_MAP_SIZE, FEATURE_MAP_SIZE), np.float32)
 
 
-def extract_features(recognizer: FaceRecognizer, images: EvalImages, indices: np.ndarray | None = None, *,
-                     with_maps: bool = True, mask_seed: int | None = None, num_workers: int = 0,
-                     progress: bool = True, desc: str = "features") -> BatchFeatures:
-    """Features of ``images[indices]`` (all images when None), in that order, on the CPU.
+def _collate(batch: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, np.ndarray]:
+    return torch.from_numpy(np.stack([image for image, _ in batch])), np.stack([grid for _, grid in batch])
+
+
+def extract_occluded(recognizer: FaceRecognizer, images: EvalImages, indices: np.ndarray | None = None, *,
+                     with_maps: bool = True, occluder: str | None = None, seed: int = 0, num_workers: int = 0,
+                     progress: bool = True, desc: str = "features") -> tuple[BatchFeatures, np.ndarray]:
+    """Features of ``images[indices]`` (all images when None), in that order, on the CPU, and the true grids.
 
     Args:
         recognizer: The loaded model; its ``batch_size`` is used.
         images: The image source.
         indices: Which images, in order.
         with_maps: Also keep the feature and visibility maps of the images and of their mirror images.
-        mask_seed: Mask every image first (see the module docstring); None for clean images.
-        num_workers: DataLoader workers that decode (and mask) the images.
+        occluder: Occlude every image first (see the module docstring); None for clean images.
+        seed: The occluder seed.
+        num_workers: DataLoader workers that decode (and occlude) the images.
         progress: Show a tqdm bar on stderr.
         desc: The bar's label.
 
     Returns:
-        Stacked :class:`~oaml.evaluation.api.BatchFeatures` (maps are float32).
+        ``(features, grids)``: stacked :class:`~oaml.evaluation.scoring.BatchFeatures` (maps are float32) and the
+        ``N x 7 x 7`` true visible fractions of the images as scored.
 
     Raises:
         DataError: If an image cannot be read or has the wrong size.
+        ValueError: For an unknown occluder (listing the valid ones).
     """
     idx = np.arange(len(images)) if indices is None else np.asarray(indices, np.int64)
     if idx.size == 0:
         raise DataError("no images to extract features from")
-    loader = DataLoader(MaskedImages(images, idx, mask_seed), batch_size=recognizer.batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_collate,
-                        persistent_workers=False, prefetch_factor=2 if num_workers > 0 else None)
+    loader = DataLoader(OccludedImages(images, idx, occluder, seed), batch_size=recognizer.batch_size,
+                        shuffle=False, num_workers=num_workers, collate_fn=_collate, persistent_workers=False,
+                        prefetch_factor=2 if num_workers > 0 else None)
     parts: list[BatchFeatures] = []
+    grids: list[np.ndarray] = []
     with tqdm(total=int(idx.size), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for batch in loader:
+        for batch, grid in loader:
             parts.append(recognizer.forward_batch(batch, flip=True, with_maps=with_maps))
+            grids.append(grid)
             bar.update(int(batch.shape[0]))
-    return BatchFeatures.concatenate(parts)
+    return BatchFeatures.concatenate(parts), np.concatenate(grids)
+
+
+def extract_features(recognizer: FaceRecognizer, images: EvalImages, indices: np.ndarray | None = None, *,
+                     with_maps: bool = True, occluder: str | None = None, seed: int = 0, num_workers: int = 0,
+                     progress: bool = True, desc: str = "features") -> BatchFeatures:
+    """The features of :func:`extract_occluded` (same arguments) without the grids."""
+    return extract_occluded(recognizer, images, indices, with_maps=with_maps, occluder=occluder, seed=seed,
+                            num_workers=num_workers, progress=progress, desc=desc)[0]
 
 
 @dataclass(frozen=True)

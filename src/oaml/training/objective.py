@@ -73,6 +73,11 @@ class TrainingObjective(nn.Module):
         """Whether the QAConv losses are on (and the matcher must be scored in validation)."""
         return self.losses.uses_qaconv
 
+    @property
+    def trains_occlusion_head(self) -> bool:
+        """Whether anything trains the occlusion head: its MSE, or QAConv losses weighted by its undetached maps."""
+        return self.losses.uses_occlusion or (self.occlusion_aware and self.uses_qaconv and not self.occlusion_detach)
+
     def forward(self, out: FaceOutput, labels: Tensor, visibility: Tensor, matcher: QAConv) -> ObjectiveResult:
         """Evaluate the objective on one batch.
 
