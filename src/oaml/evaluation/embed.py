@@ -4,9 +4,11 @@
 returns flip-fused AdaFace embeddings plus (optionally) the feature and visibility maps of both views, which is what
 every score of the standalone evaluator needs. A tqdm bar on stderr shows the progress.
 
-Synthetic masks (``mask_seed``): image ``k`` is masked with ``apply_medical_mask`` driven by
-``numpy.random.default_rng((mask_seed, k))``, so the same image always gets the same mask, independent of the
-batch size, the worker count and the other images (the validation's masked protocol does the same).
+Occluders: an :data:`Occluder` is any picklable callable ``(image, index) -> (occluded image, visibility)`` that
+is deterministic in the image index, so the same image is always occluded alike, independent of the batch size,
+the worker count and the other images. :class:`SeededMask` is the synthetic medical mask of the validation's masked
+protocol: image ``k`` is masked by :func:`oaml.data.masks.seeded_mask` with ``(seed, k)``; ``mask_seed=s`` is short
+for ``occluder=SeededMask(s)``.
 
 :func:`embed_folder` writes ``embeddings.npy`` (N x 512 float32, flip-fused unit rows), ``index.csv`` (path relative to
 the folder, identity = first folder level or empty, norm) and, with ``save_maps``, ``features.npz`` holding the
@@ -19,6 +21,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,30 +30,64 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from oaml.data.images import list_images
 from oaml.data.masks import seeded_mask
 from oaml.evaluation.api import FaceRecognizer
-from oaml.evaluation.eval_data import EvalImages, check_image_sizes, find_bad_images, list_images
+from oaml.evaluation.eval_data import EvalImages, check_image_sizes, find_bad_images
 from oaml.errors import DataError
 from oaml.evaluation.scoring import BatchFeatures
 from oaml.fileio import atomic_write
 
-__all__ = ["EmbedSummary", "MaskedImages", "embed_folder", "extract_features"]
+__all__ = ["EmbedSummary", "MaskedImages", "Occluder", "SeededMask", "embed_folder", "extract_features"]
 
 logger = logging.getLogger(__name__)
 
 
+Occluder = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+"""``(uint8 BGR S x S x 3 face, image index) -> (occluded face, S x S visibility)``, deterministic in the index and
+picklable (DataLoader workers call it)."""
+
+
+@dataclass(frozen=True)
+class SeededMask:
+    """The synthetic medical mask of image ``index``, seeded by ``(seed, index)``
+    (:func:`~oaml.data.masks.seeded_mask`).
+
+    Attributes:
+        seed: The mask seed.
+    """
+
+    seed: int = 0
+
+    def __call__(self, image: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The masked face and its pixel visibility (1 = visible)."""
+        return seeded_mask(image, self.seed, index)
+
+
+def _resolve_occluder(mask_seed: int | None, occluder: Occluder | None) -> Occluder | None:
+    if mask_seed is not None and occluder is not None:
+        raise ValueError("give mask_seed or occluder, not both")
+    return SeededMask(mask_seed) if mask_seed is not None else occluder
+
+
 class MaskedImages(Dataset):
-    """``EvalImages`` restricted to ``indices``, optionally masked; items are uint8 BGR ``S x S x 3`` arrays.
+    """``EvalImages`` restricted to ``indices``, optionally occluded; items are uint8 BGR ``S x S x 3`` arrays.
 
     Args:
         images: The image source.
         indices: Image indices to yield, in order.
-        mask_seed: Draw a synthetic medical mask on every image, seeded by ``(mask_seed, image index)``;
-            None yields the images unchanged.
+        mask_seed: Short for ``occluder=SeededMask(mask_seed)``.
+        occluder: Occlude every image, called with the image and its index in ``images``; None (and no
+            ``mask_seed``) yields the images unchanged.
+
+    Raises:
+        ValueError: If both ``mask_seed`` and ``occluder`` are given.
     """
 
-    def __init__(self, images: EvalImages, indices: np.ndarray, mask_seed: int | None = None) -> None:
-        self.images, self.indices, self.mask_seed = images, np.asarray(indices, np.int64), mask_seed
+    def __init__(self, images: EvalImages, indices: np.ndarray, mask_seed: int | None = None,
+                 occluder: Occluder | None = None) -> None:
+        self.images, self.indices = images, np.asarray(indices, np.int64)
+        self.occluder = _resolve_occluder(mask_seed, occluder)
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -58,8 +95,8 @@ class MaskedImages(Dataset):
     def __getitem__(self, position: int) -> np.ndarray:
         index = int(self.indices[position])
         image = self.images.read(index)
-        if self.mask_seed is not None:
-            image, _ = seeded_mask(image, self.mask_seed, index)
+        if self.occluder is not None:
+            image, _ = self.occluder(image, index)
         return image
 
 
@@ -68,8 +105,8 @@ def _collate(batch: list[np.ndarray]) -> torch.Tensor:
 
 
 def extract_features(recognizer: FaceRecognizer, images: EvalImages, indices: np.ndarray | None = None, *,
-                     with_maps: bool = True, mask_seed: int | None = None, num_workers: int = 0,
-                     progress: bool = True, desc: str = "features") -> BatchFeatures:
+                     with_maps: bool = True, mask_seed: int | None = None, occluder: Occluder | None = None,
+                     num_workers: int = 0, progress: bool = True, desc: str = "features") -> BatchFeatures:
     """Features of ``images[indices]`` (all images when None), in that order, on the CPU.
 
     Args:
@@ -78,20 +115,22 @@ def extract_features(recognizer: FaceRecognizer, images: EvalImages, indices: np
         indices: Which images, in order.
         with_maps: Also keep the feature and visibility maps of the images and of their mirror images.
         mask_seed: Mask every image first (see the module docstring); None for clean images.
+        occluder: Occlude every image first (see the module docstring); not together with ``mask_seed``.
         num_workers: DataLoader workers that decode (and mask) the images.
         progress: Show a tqdm bar on stderr.
         desc: The bar's label.
 
     Returns:
-        Stacked :class:`~oaml.evaluation.api.BatchFeatures` (maps are float32).
+        Stacked :class:`~oaml.evaluation.scoring.BatchFeatures` (maps are float32).
 
     Raises:
         DataError: If an image cannot be read or has the wrong size.
+        ValueError: If both ``mask_seed`` and ``occluder`` are given.
     """
     idx = np.arange(len(images)) if indices is None else np.asarray(indices, np.int64)
     if idx.size == 0:
         raise DataError("no images to extract features from")
-    loader = DataLoader(MaskedImages(images, idx, mask_seed), batch_size=recognizer.batch_size, shuffle=False,
+    loader = DataLoader(MaskedImages(images, idx, mask_seed, occluder), batch_size=recognizer.batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_collate,
                         persistent_workers=False, prefetch_factor=2 if num_workers > 0 else None)
     parts: list[BatchFeatures] = []
