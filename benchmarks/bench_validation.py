@@ -239,7 +239,7 @@ def _convert_and_read(bins: Path, repeats: int) -> dict[str, float]:
             held: list[np.ndarray] = []
             spent["decode"] += time_once(lambda: held.append(_baseline_decode(bins / f"{name}.bin")[0]))
             base = _FloatArrayDataset(held.pop())
-            spent["read_base"] += time_once(lambda: _drain(DataLoader(base, batch_size=VAL_BATCH)))
+            spent["read_base"] += time_once(lambda b=base: _drain(DataLoader(b, batch_size=VAL_BATCH)))
             del base
         for key, value in spent.items():
             totals[key].append(value)
