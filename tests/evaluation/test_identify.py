@@ -251,3 +251,28 @@ def test_cli_bad_inputs_are_one_line(case: str, expected: str, oaml_ckpt: Path, 
     assert main([*command, *extra]) == 2
     line = _one_line(capsys)
     assert expected in line and "Traceback" not in line
+
+
+# ---------------------------------------------------------------------------------------------------- real faces
+@pytest.mark.shared_data
+def test_real_faces_enrolled_images_find_themselves(shared_data: Path, model: FaceRecognizer,
+                                                    tmp_path: Path) -> None:
+    lfw = shared_data / "lfw_min10_arcface112"
+    if not lfw.is_dir():
+        pytest.skip(f"{lfw} is absent (real LFW faces, not part of the repository)")
+    people = sorted(p for p in lfw.iterdir() if p.is_dir())[:6]
+    for person in people:  # symbolic links only: the real images stay where they are
+        for root, images in ((tmp_path / "enrol", sorted(person.iterdir())[:2]),
+                             (tmp_path / "probes", sorted(person.iterdir())[:1])):
+            (root / person.name).mkdir(parents=True, exist_ok=True)
+            for image in images:
+                (root / person.name / image.name).symlink_to(image)
+    (tmp_path / "probes" / "stranger").symlink_to(sorted(p for p in lfw.iterdir() if p.is_dir())[-1])
+    gallery = Gallery.from_folder(model, tmp_path / "enrol", with_maps=True)
+    out = identify(model, gallery, tmp_path / "probes", tmp_path / "out",
+                   IdentifyOptions(k=3, rerank_n=3, mask_probes=True, progress=False, plots=False))
+    clean = out.results["metrics"]["clean"]
+    assert out.results["probes"]["n_enrolled"] == 6 and out.results["probes"]["n_non_enrolled"] >= 10
+    assert clean["global"]["closed_set"]["rank_1"] == 1.0  # an enrolled image is its own best match
+    assert isinstance(clean["global"]["open_set"]["dir_at_fpir"]["0.1"]["dir"], float)
+    assert len(_rows(tmp_path / "out" / "identify_masked.csv")) == 3 * out.results["probes"]["num_probes"]
