@@ -16,7 +16,7 @@ from oaml.data.masks import visibility_grid
 from oaml.data.occluders import seeded_occlusion
 from oaml.errors import DataError
 from oaml.evaluation.api import load_model
-from oaml.evaluation.embed import OccludedImages, embed_folder, extract_features
+from oaml.evaluation.embed import OccludedImages, SeededOccluder, embed_folder, extract_features
 from oaml.evaluation.eval_data import EvalImages
 
 
@@ -110,3 +110,20 @@ def test_masked_features_do_not_depend_on_batching(oaml_ckpt: Path, face_folder:
                            progress=False)
     np.testing.assert_allclose(one.embedding.numpy(), two.embedding.numpy(), atol=1e-5)
     np.testing.assert_allclose(one.occlusion_flip.numpy(), two.occlusion_flip.numpy(), atol=1e-5)
+
+
+def test_an_occluder_gets_each_image_with_its_index(face_folder: Path) -> None:
+    files = sorted(str(p) for p in face_folder.rglob("*.png"))
+    images = EvalImages(names=files, paths=files)
+
+    def black_top_rows(image: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        occluded = image.copy()
+        occluded[:index + 1] = 0
+        return occluded, np.ones(image.shape[:2], np.float32)
+
+    occluded = OccludedImages(images, np.array([3, 1]), occluder=black_top_rows)
+    assert not occluded[0][0][:4].any() and occluded[0][0][4:].any() and not occluded[1][0][:2].any()
+    seeded = OccludedImages(images, np.arange(3), occluder=SeededOccluder("mask", 7))
+    assert np.array_equal(seeded[2][0], OccludedImages(images, np.arange(3), "mask", seed=7)[2][0])
+    with pytest.raises(ValueError, match="unknown occluder"):
+        SeededOccluder("tophat")

@@ -12,9 +12,19 @@ from pathlib import Path
 from oaml.constants import PAIRS_FORMATS
 from oaml.evaluation.options import EvalOptions
 
-__all__ = ["register"]
+__all__ = ["add_runtime_arguments", "check_runtime", "register"]
 
 _DEFAULTS = EvalOptions()
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a model runs (``eval``, ``embed``, ``gallery build``, ``identify``): batching, resizing, device."""
+    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="images per forward pass")
+    parser.add_argument("--resize", action="store_true", help="resize images that are not 112x112")
+    parser.add_argument("--arch", default=None, help="override the architecture read from the checkpoint")
+    parser.add_argument("--num-workers", type=int, default=_DEFAULTS.num_workers, help="data-loader workers")
+    parser.add_argument("--device", default=_DEFAULTS.device, help="torch device: cpu, cuda or cuda:N")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, output: str, written: str) -> None:
@@ -25,12 +35,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser, output: str, written: 
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --output-dir")
     parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (and their pairs), "
                         "listing them, instead of stopping at the first one")
-    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="images per forward pass")
-    parser.add_argument("--resize", action="store_true", help="resize images that are not 112x112")
-    parser.add_argument("--arch", default=None, help="override the architecture read from the checkpoint")
-    parser.add_argument("--num-workers", type=int, default=_DEFAULTS.num_workers, help="data-loader workers")
-    parser.add_argument("--device", default=_DEFAULTS.device, help="torch device: cpu, cuda or cuda:N")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_runtime_arguments(parser)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,8 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     embed.set_defaults(handler=_embed, overwrite_guard="embeddings.npy")
 
 
-def _check(args: argparse.Namespace) -> None:
-    """The checks made before a model or data is read: counts, the device, an earlier run's files.
+def check_runtime(args: argparse.Namespace) -> None:
+    """The checks of :func:`add_runtime_arguments`' flags made before a model or data is read: counts, the device.
 
     Raises:
         ConfigError: naming the flag and the value.
@@ -96,6 +101,17 @@ def _check(args: argparse.Namespace) -> None:
             parse_protocols(args.occluders)
         except ValueError as error:
             raise ConfigError(f"--occluders: {error}") from None
+
+
+def _check(args: argparse.Namespace) -> None:
+    """The checks made before a model or data is read: counts, the device, an earlier run's files.
+
+    Raises:
+        ConfigError: naming the flag and the value.
+    """
+    from oaml.errors import ConfigError
+
+    check_runtime(args)
     earlier = Path(args.output_dir) / args.overwrite_guard
     if earlier.exists() and not args.overwrite:
         raise ConfigError(f"--output-dir {args.output_dir}: it already holds {args.overwrite_guard} of an earlier "

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from oaml import __version__
-from oaml.cli import data, evaluate, study, tools, train
+from oaml.cli import data, evaluate, identify, study, tools, train
 from oaml.cli.config_args import parameter_summary
 from oaml.errors import OamlError
 
@@ -20,7 +20,7 @@ __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("oaml")
 
-_GROUPS = (train, evaluate, data, study, tools)
+_GROUPS = (train, evaluate, identify, data, study, tools)
 
 
 def build_parser() -> argparse.ArgumentParser:

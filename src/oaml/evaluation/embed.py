@@ -4,11 +4,13 @@
 returns flip-fused AdaFace embeddings plus (optionally) the feature and visibility maps of both views, which is what
 every score of the standalone evaluator needs. A tqdm bar on stderr shows the progress.
 
-Occluders (``occluder``, ``seed``): image ``k`` gets :func:`oaml.data.occluders.seeded_occlusion` of ``(seed, k)``
-(for ``mask`` exactly ``apply_medical_mask`` driven by ``numpy.random.default_rng((seed, k))``), placed on the
-image's own landmarks when :attr:`~oaml.evaluation.eval_data.EvalImages.landmarks` holds them, so the same image
-always gets the same occluder, independent of the batch size, the worker count and the other images (validation's
-protocols do the same). :func:`extract_occluded` also returns the 7x7 visible fractions of every occluded image.
+Occluders: an :data:`ImageOccluder` is any picklable callable ``(image, index) -> (occluded image, pixel
+visibility)`` that is deterministic in the image index, so the same image is always occluded alike, independent of
+the batch size, the worker count and the other images. An occluder *name* is short for :class:`SeededOccluder`:
+image ``k`` gets :func:`oaml.data.occluders.seeded_occlusion` of ``(seed, k)`` (for ``mask`` exactly
+``apply_medical_mask`` driven by ``numpy.random.default_rng((seed, k))``), placed on the image's own landmarks when
+:attr:`~oaml.evaluation.eval_data.EvalImages.landmarks` holds them (validation's protocols do the same).
+:func:`extract_occluded` also returns the 7x7 visible fractions of every occluded image.
 
 :func:`embed_folder` writes ``embeddings.npy`` (N x 512 float32, flip-fused unit rows), ``index.csv`` (path relative to
 the folder, identity = first folder level or empty, norm) and, with ``save_maps``, ``features.npz`` holding the
@@ -21,7 +23,8 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +34,57 @@ from tqdm.auto import tqdm
 
 from oaml.constants import FEATURE_MAP_SIZE
 from oaml.data.masks import visibility_grid
-from oaml.data.occluders import seeded_occlusion
+from oaml.data.occluders import build_occluder, seeded_occlusion
 from oaml.evaluation.api import FaceRecognizer
-from oaml.evaluation.eval_data import EvalImages, check_image_sizes, find_bad_images, list_images
+from oaml.data.images import list_images
+from oaml.evaluation.eval_data import EvalImages, check_image_sizes, find_bad_images
 from oaml.errors import DataError
 from oaml.evaluation.scoring import BatchFeatures
 from oaml.fileio import atomic_write
 
-__all__ = ["EmbedSummary", "OccludedImages", "embed_folder", "extract_features", "extract_occluded"]
+__all__ = ["EmbedSummary", "ImageOccluder", "OccludedImages", "SeededOccluder", "embed_folder", "extract_features",
+           "extract_occluded"]
 
 logger = logging.getLogger(__name__)
+
+
+ImageOccluder = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+"""``(uint8 BGR S x S x 3 face, image index) -> (occluded face, S x S visibility)``, deterministic in the index and
+picklable (DataLoader workers call it)."""
+
+
+@dataclass(frozen=True)
+class SeededOccluder:
+    """Occluder ``name`` of image ``index``, seeded by ``(seed, index)`` and placed on ``landmarks[index]`` when
+    given (:func:`~oaml.data.occluders.seeded_occlusion`).
+
+    Attributes:
+        name: An occluder name (:func:`oaml.data.occluders.occluder_names`).
+        seed: The occluder seed.
+        landmarks: ``N x 5 x 2`` landmarks of the images by index, or None for the template placement.
+
+    Raises:
+        ValueError: For an unknown occluder (listing the valid ones).
+    """
+
+    name: str = "mask"
+    seed: int = 0
+    landmarks: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        build_occluder(self.name)
+
+    def __call__(self, image: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The occluded face and its pixel visibility (1 = visible)."""
+        landmarks = None if self.landmarks is None else self.landmarks[index]
+        return seeded_occlusion(image, self.name, self.seed, index, landmarks)
+
+
+def as_occluder(occluder: str | ImageOccluder | None, seed: int, images: EvalImages) -> ImageOccluder | None:
+    """``occluder`` as a callable: a name becomes :class:`SeededOccluder` on the images' landmarks."""
+    if isinstance(occluder, str):
+        return SeededOccluder(occluder, seed, images.landmarks)
+    return occluder
 
 
 class OccludedImages(Dataset):
@@ -50,14 +94,19 @@ class OccludedImages(Dataset):
     Args:
         images: The image source.
         indices: Image indices to yield, in order.
-        occluder: An occluder name (:func:`oaml.data.occluders.occluder_names`), seeded by ``(seed, image
-            index)``; None yields the images unchanged.
-        seed: The occluder seed.
+        occluder: An occluder name (seeded by ``(seed, image index)``, on the images' landmarks) or an
+            :data:`ImageOccluder` called with the image and its index in ``images``; None yields the images
+            unchanged.
+        seed: The seed of a named occluder.
+
+    Raises:
+        ValueError: For an unknown occluder name (listing the valid ones).
     """
 
-    def __init__(self, images: EvalImages, indices: np.ndarray, occluder: str | None = None, seed: int = 0) -> None:
+    def __init__(self, images: EvalImages, indices: np.ndarray, occluder: str | ImageOccluder | None = None,
+                 seed: int = 0) -> None:
         self.images, self.indices = images, np.asarray(indices, np.int64)
-        self.occluder, self.seed = occluder, seed
+        self.occluder = as_occluder(occluder, seed, images)
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -67,8 +116,7 @@ class OccludedImages(Dataset):
         image = self.images.read(index)
         if self.occluder is None:
             return image, _ALL_VISIBLE
-        landmarks = None if self.images.landmarks is None else self.images.landmarks[index]
-        image, visibility = seeded_occlusion(image, self.occluder, self.seed, index, landmarks)
+        image, visibility = self.occluder(image, index)
         return image, visibility_grid(visibility)
 
 
@@ -80,8 +128,9 @@ def _collate(batch: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, 
 
 
 def extract_occluded(recognizer: FaceRecognizer, images: EvalImages, indices: np.ndarray | None = None, *,
-                     with_maps: bool = True, occluder: str | None = None, seed: int = 0, num_workers: int = 0,
-                     progress: bool = True, desc: str = "features") -> tuple[BatchFeatures, np.ndarray]:
+                     with_maps: bool = True, occluder: str | ImageOccluder | None = None, seed: int = 0,
+                     num_workers: int = 0, progress: bool = True, desc: str = "features"
+                     ) -> tuple[BatchFeatures, np.ndarray]:
     """Features of ``images[indices]`` (all images when None), in that order, on the CPU, and the true grids.
 
     Args:
@@ -89,8 +138,9 @@ def extract_occluded(recognizer: FaceRecognizer, images: EvalImages, indices: np
         images: The image source.
         indices: Which images, in order.
         with_maps: Also keep the feature and visibility maps of the images and of their mirror images.
-        occluder: Occlude every image first (see the module docstring); None for clean images.
-        seed: The occluder seed.
+        occluder: Occlude every image first: a name or an :data:`ImageOccluder` (see the module docstring);
+            None for clean images.
+        seed: The seed of a named occluder.
         num_workers: DataLoader workers that decode (and occlude) the images.
         progress: Show a tqdm bar on stderr.
         desc: The bar's label.
@@ -120,8 +170,8 @@ def extract_occluded(recognizer: FaceRecognizer, images: EvalImages, indices: np
 
 
 def extract_features(recognizer: FaceRecognizer, images: EvalImages, indices: np.ndarray | None = None, *,
-                     with_maps: bool = True, occluder: str | None = None, seed: int = 0, num_workers: int = 0,
-                     progress: bool = True, desc: str = "features") -> BatchFeatures:
+                     with_maps: bool = True, occluder: str | ImageOccluder | None = None, seed: int = 0,
+                     num_workers: int = 0, progress: bool = True, desc: str = "features") -> BatchFeatures:
     """The features of :func:`extract_occluded` (same arguments) without the grids."""
     return extract_occluded(recognizer, images, indices, with_maps=with_maps, occluder=occluder, seed=seed,
                             num_workers=num_workers, progress=progress, desc=desc)[0]

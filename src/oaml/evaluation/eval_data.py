@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from oaml.constants import ARCFACE_TEMPLATE, FACE_SIZE
-from oaml.data.images import IMAGE_EXTENSIONS, decode_image, list_images
+from oaml.data.images import IMAGE_EXTENSIONS, decode_image, labelled_images
 from oaml.data.landmarks import aligned_landmarks
 from oaml.data.pairs import read_pairs, resolve_pair_list, resolve_pairs
 from oaml.data.verification_sets import load_bin
@@ -216,17 +216,10 @@ def folder_set(root: str | os.PathLike[str], size: int = FACE_SIZE, resize: bool
         FileNotFoundError: If ``root`` is not a folder.
         DataError: If there are fewer than 2 images with an identity.
     """
-    root = Path(root)
-    files = list_images(root)
-    loose = [p for p in files if len(p.relative_to(root).parts) < 2]
-    if loose:
-        logger.warning("%d images directly in %s have no identity folder; skipped (e.g. %s)", len(loose), root,
-                       loose[0].name)
-    files = [p for p in files if len(p.relative_to(root).parts) >= 2]
+    files, identities = labelled_images(root)
     if len(files) < 2:
         raise DataError(f"{root}: found {len(files)} images in identity folders; expected "
                         f"root/<identity>/<image> with at least 2 images")
-    identities = [p.relative_to(root).parts[0] for p in files]
     names = sorted(set(identities))
     labels = np.searchsorted(np.array(names), np.array(identities)).astype(np.int64)
     images = EvalImages(names=[str(p) for p in files], paths=[str(p) for p in files], size=size, resize=resize)
