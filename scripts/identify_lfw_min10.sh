@@ -63,11 +63,12 @@ fi
 
 # ---------------------------------------------------------------------------------------------- gallery and probes
 # Gallery: float16 embeddings plus the QAConv and visibility maps that --rerank needs. Probes: clean and with the
-# synthetic medical mask (seed 0), global search (best image per identity) and the top 10 re-ranked with QAConv.
+# synthetic medical mask (seed 0), with sunglasses and with a hand over the mouth (occluders of `oaml occlude`),
+# global search (best image per identity) and the top 10 re-ranked with QAConv.
 $OAML gallery build --model-path "$OUT/model.ckpt" --data-path "$OUT/enrol" --output "$OUT/gallery.npz" \
   --with-maps --overwrite --no-progress
 $OAML identify --gallery "$OUT/gallery.npz" --probes "$OUT/probes" --top-k 10 --rerank 10 --mask-probes \
-  --output-dir "$OUT/identify" --overwrite --no-progress
+  --occluders sunglasses,hand_mouth --output-dir "$OUT/identify" --overwrite --no-progress
 # The same with the mean template per identity instead of the best image.
 $OAML identify --gallery "$OUT/gallery.npz" --probes "$OUT/probes" --top-k 10 --rerank 10 --mask-probes \
   --per-identity mean --output-dir "$OUT/identify_mean" --overwrite --no-progress

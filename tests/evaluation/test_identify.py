@@ -208,11 +208,15 @@ def test_cli_build_info_identify(oaml_ckpt: Path, enrol_folder: Path, probes: Pa
     assert "num_identities: 3" in capsys.readouterr().out
     out = tmp_path / "out"
     assert main(["identify", "--gallery", str(path), "--probes", str(probes), "--top-k", "3", "--rerank", "2",
-                 "--mask-probes", "--output-dir", str(out), "--no-progress", "--no-plots"]) == 0  # model from gallery
+                 "--mask-probes", "--occluders", "sunglasses,rect25", "--output-dir", str(out), "--no-progress",
+                 "--no-plots"]) == 0  # model from gallery
     printed = capsys.readouterr().out
-    assert "masked    rerank" in printed and "3 probes (2 enrolled, 1 not enrolled)" in printed
+    rows = [line.split()[:2] for line in printed.splitlines()]
+    assert ["masked", "rerank"] in rows and ["rect25", "global"] in rows
+    assert "3 probes (2 enrolled, 1 not enrolled)" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["rerank_n"] == 2 and results["model"]["path"] == str(oaml_ckpt.resolve())
+    assert list(results["protocols"]) == ["clean", "masked", "sunglasses", "rect25"]
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -223,6 +227,7 @@ def test_cli_build_info_identify(oaml_ckpt: Path, enrol_folder: Path, probes: Pa
     ("rerank_above_k", "0 <= --rerank <= --top-k"),
     ("earlier_run", "pass --overwrite"),
     ("model_gone", "is not on this machine"),
+    ("unknown_occluder", "--occluders: unknown occluder 'tophat'"),
 ])
 def test_cli_bad_inputs_are_one_line(case: str, expected: str, oaml_ckpt: Path, enrol_folder: Path, probes: Path,
                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -243,7 +248,8 @@ def test_cli_bad_inputs_are_one_line(case: str, expected: str, oaml_ckpt: Path, 
                "--no-progress", "--no-plots"]
     extra = {"empty_probes": ["--probes", str(tmp_path / "empty_folder")], "no_maps": ["--rerank", "2"],
              "other_model": ["--model-path", str(make_oaml_checkpoint(tmp_path / "other.ckpt", seed=2))],
-             "rerank_above_k": ["--top-k", "2", "--rerank", "3"]}.get(case, [])
+             "rerank_above_k": ["--top-k", "2", "--rerank", "3"],
+             "unknown_occluder": ["--occluders", "sunglasses,tophat"]}.get(case, [])
     if case == "earlier_run":
         assert main(command) == 0
         capsys.readouterr()

@@ -94,13 +94,6 @@ def check_runtime(args: argparse.Namespace) -> None:
     if args.num_workers < 0:
         raise ConfigError(f"--num-workers must be >= 0, got {args.num_workers}")
     resolve_device(args.device, "--device")
-    if getattr(args, "occluders", ""):
-        from oaml.data.occluders import parse_protocols
-
-        try:
-            parse_protocols(args.occluders)
-        except ValueError as error:
-            raise ConfigError(f"--occluders: {error}") from None
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -112,6 +105,13 @@ def _check(args: argparse.Namespace) -> None:
     from oaml.errors import ConfigError
 
     check_runtime(args)
+    if getattr(args, "occluders", ""):
+        from oaml.data.occluders import parse_protocols
+
+        try:
+            parse_protocols(args.occluders)
+        except ValueError as error:
+            raise ConfigError(f"--occluders: {error}") from None
     earlier = Path(args.output_dir) / args.overwrite_guard
     if earlier.exists() and not args.overwrite:
         raise ConfigError(f"--output-dir {args.output_dir}: it already holds {args.overwrite_guard} of an earlier "

@@ -66,7 +66,11 @@ def _register_identify(sub: argparse._SubParsersAction) -> None:
                         help="weight of the z-scored QAConv score in the re-ranking fusion")
     parser.add_argument("--mask-probes", action="store_true",
                         help="also identify every probe with a deterministic synthetic medical mask")
-    parser.add_argument("--mask-seed", type=int, default=_DEFAULTS.mask_seed, help="seed of the synthetic masks")
+    parser.add_argument("--occluders", default="", metavar="NAME[,NAME...]",
+                        help="also identify every probe under each named occluder (oaml occlude's names: kn95, "
+                             "sunglasses, scarf, hand_mouth, eyes, upper_half, rect25, ...), one protocol each")
+    parser.add_argument("--mask-seed", type=int, default=_DEFAULTS.mask_seed,
+                        help="seed of the synthetic masks and other occluders (with the probe's index)")
     parser.add_argument("--no-plots", action="store_true", help="skip cmc.png and det.png")
     add_runtime_arguments(parser)
     parser.set_defaults(handler=_identify)
@@ -126,6 +130,20 @@ def _options(args: argparse.Namespace) -> IdentifyOptions:
         raise ConfigError(f"--adaface-weight/--qaconv-weight: {error}") from error
 
 
+def _occluders(names: str, seed: int) -> dict:
+    """``--occluders`` as probe protocols (each named after its occluder), or a ConfigError naming the flag."""
+    from oaml.errors import ConfigError
+    from oaml.evaluation.embed import SeededOccluder
+
+    protocols = {}
+    for name in filter(None, (part.strip() for part in names.split(","))):
+        try:
+            protocols[name] = SeededOccluder(name, seed)
+        except ValueError as error:
+            raise ConfigError(f"--occluders: {error}") from None
+    return protocols
+
+
 def _identify(args: argparse.Namespace) -> int:
     """Run ``oaml identify``: check, load the gallery and its model, identify, print the table."""
     from oaml.errors import ConfigError
@@ -138,6 +156,7 @@ def _identify(args: argparse.Namespace) -> int:
 
     check_runtime(args)
     options = _options(args)
+    occluders = _occluders(args.occluders, args.mask_seed)
     _refuse_existing(Path(args.output_dir) / "results.json", args.overwrite, "--output-dir")
     if options.backend == "faiss":
         try:
@@ -150,7 +169,7 @@ def _identify(args: argparse.Namespace) -> int:
         raise ConfigError(f"--model-path: the gallery's model {model_path} is not on this machine; pass the "
                           f"checkpoint that built {args.gallery} with --model-path")
     model = load_model(model_path, args.device, arch=args.arch, batch_size=args.batch_size, resize=args.resize)
-    outcome = identify(model, gallery, args.probes, args.output_dir, options)
+    outcome = identify(model, gallery, args.probes, args.output_dir, options, occluders)
     rows, headers = console_rows(outcome.results)
     if rows:
         print(console_table(rows, headers))
