@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["MIB", "PeakMemory", "interleaved_seconds", "median_seconds", "module_main", "peak_rss_growth",
+__all__ = ["MIB", "PeakMemory", "cpu_note", "interleaved_seconds", "median_seconds", "module_main", "peak_rss_growth",
            "ratio_of_medians", "thread_note", "time_once"]
 
 MIB = float(2**20)
@@ -77,6 +77,19 @@ def thread_note() -> str:
     """``"N torch threads"`` plus OMP_NUM_THREADS when set, for the notes of timed rows."""
     omp = os.environ.get("OMP_NUM_THREADS")
     return f"{torch.get_num_threads()} torch thread(s)" + (f", OMP_NUM_THREADS={omp}" if omp else "")
+
+
+def cpu_note() -> str:
+    """``"<CPU model> (torch CPU capability <AVX2...>); <thread_note()>"``, for the notes of timed rows."""
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), name)
+    except OSError:  # not Linux
+        pass
+    return f"{name} (torch CPU capability {torch.backends.cpu.get_cpu_capability()}); {thread_note()}"
 
 
 def _rss_bytes(field: str) -> int:

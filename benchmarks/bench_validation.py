@@ -239,7 +239,7 @@ def _convert_and_read(bins: Path, repeats: int) -> dict[str, float]:
             held: list[np.ndarray] = []
             spent["decode"] += time_once(lambda: held.append(_baseline_decode(bins / f"{name}.bin")[0]))
             base = _FloatArrayDataset(held.pop())
-            spent["read_base"] += time_once(lambda: _drain(DataLoader(base, batch_size=VAL_BATCH)))
+            spent["read_base"] += time_once(lambda held_set=base: _drain(DataLoader(held_set, batch_size=VAL_BATCH)))
             del base
         for key, value in spent.items():
             totals[key].append(value)
@@ -251,12 +251,12 @@ def _forward_sample(model: FaceModel, memfiles: Path, sample_batches: int
     """Seconds per image of ``score_pair_batch`` without QAConv, and the features of both views (for QAConv)."""
     dataset = VerificationSets(memfiles)
     batches: Iterator[Any] = iter(DataLoader(dataset, batch_size=VAL_BATCH, collate_fn=collate_pairs))
-    score_pair_batch(model.backbone, None, None, *next(batches), occlusion_aware=False)  # warm-up, untimed
+    score_pair_batch(model.backbone, None, None, *next(batches)[:4], occlusion_aware=False)  # warm-up, untimed
     seconds, images, parts, outputs = 0.0, 0, [], []
     for _ in range(sample_batches):
         batch = next(batches)
         holder: list[PairScores] = []
-        seconds += time_once(lambda: holder.append(score_pair_batch(model.backbone, None, None, *batch,
+        seconds += time_once(lambda: holder.append(score_pair_batch(model.backbone, None, None, *batch[:4],
                                                                     occlusion_aware=False)))
         images += batch.images.shape[0]
         parts.append(holder[0])

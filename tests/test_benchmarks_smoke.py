@@ -94,6 +94,15 @@ def test_eval_naive_qaconv_agrees() -> None:
     assert np.allclose(ours, naive_qaconv_upper(recognizer.qaconv, feats), atol=1e-4)
 
 
+def test_identify_benchmark_rows_run() -> None:
+    from benchmarks.bench_identify import _search_rows, random_gallery
+
+    gallery = random_gallery(2000)
+    assert gallery.num_identities == 1000 and gallery.embeddings.dtype == np.float16
+    rows = _search_rows(gallery, (3,), 1, "note")  # raises if exact and faiss (when installed) disagree
+    assert rows[0]["name"] == "search exact fp16 (N=2k, B=3)" and rows[0]["value"] > 0
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the exit path of machines without CUDA")
 def test_gpu_script_exits_without_cuda() -> None:
     env = {**os.environ, "PYTHON": sys.executable}

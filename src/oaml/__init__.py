@@ -11,6 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Gallery": "oaml.evaluation.gallery",
     "OamlConfig": "oaml.config",
     "build_backbone": "oaml.models",
     "build_face_model": "oaml.models",

@@ -191,10 +191,12 @@ class AugmentConfig:
     low_res_augmentation_prob: float = _opt(0.0, "probability of the low-resolution augmentation")
     crop_augmentation_prob: float = _opt(0.0, "probability of the in-place crop augmentation")
     photometric_augmentation_prob: float = _opt(0.0, "probability of the photometric augmentation")
+    occluders: str = _opt("", "occluder mixture name:probability,... (one occluder per image at most, e.g. "
+                          "mask:0.5,sunglasses:0.2) in place of the medical mask of mask_prob")
 
     def __post_init__(self) -> None:
-        for item in dataclasses.fields(self):
-            _prob(item.name, getattr(self, item.name))
+        for name in (item.name for item in dataclasses.fields(self) if item.name.endswith("_prob")):
+            _prob(name, getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,8 @@ class EvalConfig:
     eval_adaface_weight: float = _opt(0.5, "weight of the standardised AdaFace score in the combined score")
     eval_qaconv_weight: float = _opt(0.5, "weight of the standardised QAConv score in the combined score")
     masked_protocol: bool = _opt(True, "also validate with a synthetic mask on the second image of each pair")
+    val_occluders: str = _opt("", "more protocols to validate, each logged as val/occ_<protocol>_*: NAME (on the "
+                              "second image) or FIRST+SECOND, comma-separated, e.g. sunglasses,mask+sunglasses")
     val_batch_size: int = _opt(128, "images per validation batch (per device)")
     val_every_n_epochs: int = _opt(1, "validate every N epochs (the interval within an epoch follows the seed's "
                                    "rule: once per epoch for runs over 4 epochs, else every tenth)")

@@ -16,6 +16,7 @@ __all__ = [
     "FEATURE_MAP_SIZE",
     "NORM_MEAN",
     "NORM_STD",
+    "PAIRS_FORMATS",
     "VAL_PAIR_COUNTS",
     "VAL_SET_NAMES",
 ]
@@ -41,6 +42,10 @@ ARCFACE_TEMPLATE = np.array(
     dtype=np.float32,
 )
 """insightface's ``arcface_dst``: the five (x, y) landmarks of a 112x112 aligned crop (SPEC §8)."""
+
+PAIRS_FORMATS: tuple[str, ...] = ("auto", "lfw", "list")
+"""Formats of a pairs file: detected from its first data line, LFW ``pairs.txt``, or "path_a path_b label" rows
+(:mod:`oaml.data.pairs`)."""
 
 VAL_SET_NAMES: tuple[str, ...] = ("agedb_30", "cfp_fp", "lfw", "cplfw", "calfw")
 """The five verification sets, in the order they are concatenated (SPEC §9)."""

@@ -13,7 +13,8 @@ import torch
 from oaml.constants import ChannelOrder
 from oaml.data.augment import (Augmenter, crop_in_place, hflip, low_resolution, photometric, random_crop,
                                random_resized_crop_box)
-from oaml.data.masks import visibility_grid
+from oaml.data.masks import apply_medical_mask, visibility_grid
+from oaml.data.occluders import OccluderMixture
 from oaml.data.transforms import EvalTransform, TrainTransform, image_to_tensor, tensor_to_image
 
 Factory = Callable[..., np.ndarray]
@@ -155,3 +156,50 @@ def test_mask_frequency_follows_mask_prob(image_factory: Factory) -> None:
     masked = [bool((transform(image_factory(8))[1] < 1).any()) for _ in range(200)]
     assert abs(np.mean(masked) - 0.5) < 0.12
     assert math.isclose(TrainTransform(mask_prob=0.0).mask_prob, 0.0)
+
+
+def _old_default_path(image: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training transform before occluder mixtures existed, written out: flip (p 0.5), medical mask (p 0.5)."""
+    visibility = np.ones(image.shape[:2], np.float32)
+    if rng.random() < 0.5:
+        image, visibility = hflip(image, visibility)
+    if rng.random() < 0.5:
+        image, visibility = apply_medical_mask(image, rng, None)
+    return image_to_tensor(image), torch.from_numpy(visibility)[None]
+
+
+def test_default_transform_is_the_old_medical_mask_path_bit_for_bit(image_factory: Factory) -> None:
+    images = [image_factory(40 + k) for k in range(24)]
+    default = TrainTransform(seed=5)  # mask_prob 0.5, flip_prob 0.5, no mixture: the config's defaults
+    single = TrainTransform(seed=5, occluders="mask:0.5")  # the mixture of the mask alone draws the same
+    reference = np.random.default_rng(5)
+    masked = 0
+    for image in images:
+        expected = _old_default_path(image, reference)
+        for transform in (default, single):
+            tensor, visibility = transform(image)
+            assert torch.equal(tensor, expected[0]) and torch.equal(visibility, expected[1])
+        masked += bool((expected[1] < 1).any())
+    assert 4 <= masked <= 20  # both branches were exercised
+
+
+def test_mixture_transform_draws_every_occluder_and_its_map_follows_flip_and_crop(image_factory: Factory) -> None:
+    text = "sunglasses:0.4,lower_half:0.4"
+    transform = TrainTransform(flip_prob=0.5, crop_prob=1.0, seed=3, occluders=text)
+    assert "OccluderMixture" in repr(transform)
+    reference, mixture, crop = np.random.default_rng(3), OccluderMixture.from_text(text), Augmenter(crop_prob=1.0)
+    for k in range(12):  # flip, then one occluder of the mixture, then the crop, all from one generator
+        image, visibility = image_factory(k), np.ones((112, 112), np.float32)
+        if reference.random() < 0.5:
+            image, visibility = hflip(image, visibility)
+        image, visibility = crop(*mixture(image, reference), reference)
+        tensor, vis = transform(image_factory(k))
+        assert torch.equal(tensor, image_to_tensor(image)) and torch.equal(vis[0], torch.from_numpy(visibility))
+    counts = {"eyes": 0, "lower": 0, "none": 0}
+    plain = TrainTransform(flip_prob=0.0, seed=4, occluders=text)
+    for k in range(60):
+        hidden = plain(image_factory(k))[1][0] == 0
+        counts["lower" if hidden[100].all() else "eyes" if hidden[45:60].any() else "none"] += 1
+    assert min(counts.values()) >= 10, counts
+    with pytest.raises(ValueError, match="'visor:0.2'"):
+        TrainTransform(occluders="mask:0.3,visor:0.2")

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from oaml.constants import ChannelOrder
 from oaml.data.datamodule import FaceDataModule, TrainData, VerificationData, seed_worker
 from oaml.data.datasets import FolderDataset, RecordDataset
+from oaml.data.occluders import MASK_PROTOCOL
 from oaml.data.transforms import TrainTransform
 
 LABELS = [c for c in range(6) for _ in range(4 + c % 3)]
@@ -24,7 +25,8 @@ def module_for(train: Path, val: Path | None = None, *, batch_size: int = 8, k: 
     """A main-process datamodule with a mask-only training transform and the given verification folder."""
     data = TrainData(train, TrainTransform(mask_prob=0.5, flip_prob=0.5, seed=seed), batch_size, k, seed,
                      max_bad_fraction=0.001)
-    sets = None if val is None else VerificationData(val, val, ChannelOrder.BGR, batch_size, masked, seed)
+    protocols = (MASK_PROTOCOL,) if masked else ()
+    sets = None if val is None else VerificationData(val, val, ChannelOrder.BGR, batch_size, protocols, seed)
     return FaceDataModule(data, sets, num_workers=0)
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from oaml.data.pairs import Pair, image_relpath, parse_pairs, resolve_pairs
+from oaml.data.pairs import (Pair, detect_pairs_format, image_relpath, parse_pair_list, parse_pairs, read_pairs,
+                             resolve_pair_list, resolve_pairs, write_pair_list)
 from oaml.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -89,3 +90,69 @@ def test_missing_file_and_missing_images(tmp_path: Path) -> None:
     assert len(kept) == 1 and kept[0].path_a.endswith("A_0001.png") and kept[0].path_b.endswith("A_0002.jpg")
     with pytest.raises(FileNotFoundError, match="image root"):
         resolve_pairs(pairs, tmp_path / "absent")
+
+
+# ---------------------------------------------------------------- "path_a path_b label" lists
+
+
+def test_pair_list_round_trips(tmp_path: Path) -> None:
+    pairs = [Pair("Al Gore/a.jpg", "Al Gore/b.png", True), Pair("x/1.png", "y/2.png", False),
+             Pair("/abs/c.jpg", "rel.jpg", True)]
+    write_pair_list(tmp_path / "list.txt", pairs)
+    assert parse_pair_list(tmp_path / "list.txt") == pairs
+    assert read_pairs(tmp_path / "list.txt") == (pairs, "list")
+    assert [p.line for p in parse_pair_list(tmp_path / "list.txt")] == [2, 3, 4]  # line 1 is the comment header
+    with pytest.raises(ValueError, match="tab, comma or line break"):
+        write_pair_list(tmp_path / "bad.txt", [Pair("a,b.jpg", "c.jpg", True)])
+
+
+def test_pair_list_separators_labels_and_comments(tmp_path: Path) -> None:
+    f = tmp_path / "pairs.csv"
+    f.write_text("# MFR2-style list\n\na/1.jpg,b/2.jpg,1\n c/3.jpg , c/4.jpg , same \nd/5.jpg\te f/6.jpg\tDIFF\n"
+                 "g/7.jpg h/8.jpg 0\n")
+    assert parse_pair_list(f) == [Pair("a/1.jpg", "b/2.jpg", True), Pair("c/3.jpg", "c/4.jpg", True),
+                                  Pair("d/5.jpg", "e f/6.jpg", False), Pair("g/7.jpg", "h/8.jpg", False)]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("a.jpg b.jpg 1\na.jpg b.jpg\n", r"list\.txt:2: expected 'path_a path_b label'.* got 2 fields"),
+    ("a.jpg b.jpg 1\n\na.jpg b.jpg maybe\n", r"list\.txt:3: label must be 1/0 or same/diff, got 'maybe'"),
+    ("a.jpg,,1\n", r"list\.txt:1: expected .* got 3 fields"),
+    ("a.jpg b.jpg 1 extra\n", r"list\.txt:1: expected .* got 4 fields"),
+    ("# only a comment\n", r"list\.txt: no pairs found"),
+])
+def test_bad_list_rows_are_one_line_errors_naming_the_line(tmp_path: Path, text: str, match: str) -> None:
+    f = tmp_path / "list.txt"
+    f.write_text(text)
+    with pytest.raises(DataError, match=match) as info:
+        parse_pair_list(f)
+    assert "\n" not in str(info.value)
+
+
+def test_format_detection(tmp_path: Path) -> None:
+    cases = {"10\t300\nA\t1\t2\n": "lfw", "A 1 2\n": "lfw", "A\t1\tB\t2\n": "lfw", "# c\nA 1 B 3\n": "lfw",
+             "a/1.jpg b/2.jpg 1\n": "list", "a.jpg,b.jpg,same\n": "list", "A 1 b.jpg\n": "list"}
+    for k, (text, expected) in enumerate(cases.items()):
+        f = tmp_path / f"{k}.txt"
+        f.write_text(text)
+        assert detect_pairs_format(f) == expected, text
+    f = tmp_path / "forced.txt"
+    f.write_text("A 1 2\n")
+    with pytest.raises(DataError, match=r"forced\.txt:1: label must be"):
+        read_pairs(f, "list")
+    with pytest.raises(ValueError, match="pairs_format"):
+        read_pairs(f, "csv")
+
+
+def test_pair_list_resolution_names_the_line_of_a_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "img" / "A").mkdir(parents=True)
+    for name in ("1.png", "2.png"):
+        (tmp_path / "img" / "A" / name).write_bytes(b"x")
+    f = tmp_path / "list.txt"
+    f.write_text("A/1.png A/2.png 1\n# gap\nA/1.png B/9.png 0\nA/3.png B/9.png 0\n")
+    pairs = parse_pair_list(f)
+    assert resolve_pair_list(pairs[:1], tmp_path / "img", f)[0].path_b == str((tmp_path / "img/A/2.png").resolve())
+    with pytest.raises(DataError, match=r"list\.txt:3: image B/9\.png not found under .*img \(2 missing image"):
+        resolve_pair_list(pairs, tmp_path / "img", f)
+    with pytest.raises(FileNotFoundError, match="image root"):
+        resolve_pair_list(pairs, tmp_path / "absent", f)

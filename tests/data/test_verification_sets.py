@@ -17,6 +17,8 @@ from torch.utils.data import DataLoader
 
 from oaml.constants import ChannelOrder
 from oaml.data import verification_sets
+from oaml.data.masks import seeded_mask, visibility_grid
+from oaml.data.occluders import OcclusionProtocol, seeded_occlusion
 from oaml.data.transforms import image_to_tensor
 from oaml.data.verification_sets import VerificationSets, convert_bin, load_bin, load_memfile
 from oaml.errors import DataError
@@ -119,8 +121,9 @@ def test_five_set_dataset_order_offsets_and_items(two_sets: tuple[Path, dict],
     assert lines[0].getMessage().endswith("cfp_fp, lfw; absent: agedb_30, cplfw, calfw")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(dataset) == 10
-    image, issame, set_index, global_index = dataset[7]  # lfw image 3 = second image of lfw pair 1
+    image, issame, set_index, global_index, visibility = dataset[7]  # lfw image 3 = second image of lfw pair 1
     assert torch.equal(image, image_to_tensor(truth["images"]["lfw"][3]))
+    assert torch.equal(visibility, torch.ones(7, 7))  # a clean image is all visible
     assert image.shape == (3, 112, 112) and image.dtype == torch.float32 and image.abs().max() <= 1.0
     assert (issame, set_index, global_index) == (False, 1, 7)
     assert [dataset[i][1] for i in range(10)] == [False, False, True, True, True, True, False, False, False, False]
@@ -151,6 +154,31 @@ def test_masked_protocol_masks_only_second_images_deterministically(two_sets: tu
     assert not torch.equal(masked[1][0], other_seed[1][0])
     twin = clean.masked(mask_seed=3)
     assert torch.equal(twin[5][0], masked[5][0]) and torch.equal(clean[5][0], VerificationSets(out)[5][0])
+    # Bit for bit the masked protocol of old: seeded_mask of the stored image, by its global index.
+    stored = np.asarray(load_memfile(out, "lfw")[0][1])
+    old, old_visibility = seeded_mask(np.ascontiguousarray(stored), 3, 5)
+    assert torch.equal(masked[5][0], image_to_tensor(old))
+    assert torch.equal(masked[5].visibility, torch.from_numpy(visibility_grid(old_visibility)))
+    assert masked.masked_second and not clean.masked_second
+
+
+def test_occlusion_protocols_occlude_their_sides(two_sets: tuple[Path, dict]) -> None:
+    out, _ = two_sets
+    clean = VerificationSets(out)
+    both = clean.occluded(OcclusionProtocol.parse("mask+sunglasses"), seed=2)
+    one = clean.occluded(OcclusionProtocol.parse("sunglasses"), seed=2)
+    stored = np.ascontiguousarray(load_memfile(out, "lfw")[0][0])  # lfw image 0 = global index 4, a first image
+    for index in range(len(clean)):
+        first = index % 2 == 0
+        assert torch.equal(one[index][0], clean[index][0]) == first
+        assert not torch.equal(both[index][0], clean[index][0])
+        hidden_one, hidden_both = one[index].visibility < 1, both[index].visibility < 1
+        assert bool(hidden_both.any()) and bool(hidden_one.any()) == (not first)
+    masked, visibility = seeded_occlusion(stored, "mask", 2, 4)
+    assert torch.equal(both[4][0], image_to_tensor(masked))
+    assert torch.equal(both[4].visibility, torch.from_numpy(visibility_grid(visibility)))
+    assert torch.equal(both[5][0], image_to_tensor(seeded_occlusion(
+        np.ascontiguousarray(load_memfile(out, "lfw")[0][1]), "sunglasses", 2, 5)[0]))
 
 
 def test_no_sets_is_an_empty_dataset(tmp_path: Path) -> None:

@@ -11,9 +11,12 @@ import pytest
 
 from eval_helpers import write_face_folder
 from oaml.cli.main import main
+from oaml.constants import ARCFACE_TEMPLATE
+from oaml.data.masks import visibility_grid
+from oaml.data.occluders import seeded_occlusion
 from oaml.errors import DataError
 from oaml.evaluation.api import load_model
-from oaml.evaluation.embed import MaskedImages, embed_folder, extract_features
+from oaml.evaluation.embed import OccludedImages, SeededOccluder, embed_folder, extract_features
 from oaml.evaluation.eval_data import EvalImages
 
 
@@ -74,22 +77,53 @@ def test_embed_refuses_other_sizes_and_empty_folders(oaml_ckpt: Path, tmp_path: 
         embed_folder(load_model(oaml_ckpt), tmp_path / "empty", tmp_path / "out", progress=False)
 
 
-def test_masks_depend_only_on_the_seed_and_the_image_index(face_folder: Path) -> None:
+@pytest.mark.parametrize("occluder", ["mask", "sunglasses"])
+def test_occluders_depend_only_on_the_seed_and_the_image_index(face_folder: Path, occluder: str) -> None:
     files = sorted(str(p) for p in face_folder.rglob("*.png"))
     images = EvalImages(names=files, paths=files)
-    forward = MaskedImages(images, np.arange(len(files)), mask_seed=7)
-    backward = MaskedImages(images, np.arange(len(files))[::-1], mask_seed=7)
-    clean = MaskedImages(images, np.arange(len(files)))
-    assert np.array_equal(forward[2], backward[len(files) - 3])
-    assert not np.array_equal(forward[2], clean[2])
-    assert not np.array_equal(forward[2], MaskedImages(images, np.arange(len(files)), mask_seed=8)[2])
+    forward = OccludedImages(images, np.arange(len(files)), occluder, seed=7)
+    backward = OccludedImages(images, np.arange(len(files))[::-1], occluder, seed=7)
+    clean = OccludedImages(images, np.arange(len(files)))
+    assert np.array_equal(forward[2][0], backward[len(files) - 3][0])
+    assert not np.array_equal(forward[2][0], clean[2][0]) and np.array_equal(clean[2][0], images.read(2))
+    assert not np.array_equal(forward[2][0], OccludedImages(images, np.arange(len(files)), occluder, seed=8)[2][0])
+    expected_image, visibility = seeded_occlusion(images.read(2), occluder, 7, 2)
+    assert np.array_equal(forward[2][0], expected_image)
+    assert np.array_equal(forward[2][1], visibility_grid(visibility)) and (clean[2][1] == 1).all()
+
+
+def test_occluders_follow_the_images_landmarks(face_folder: Path) -> None:
+    files = sorted(str(p) for p in face_folder.rglob("*.png"))
+    moved = np.repeat(ARCFACE_TEMPLATE[None].astype(np.float64) + (6.0, 9.0), len(files), axis=0)
+    images = EvalImages(names=files, paths=files, landmarks=moved)
+    image, visibility = OccludedImages(images, np.arange(len(files)), "eyes", seed=1)[3]
+    expected = seeded_occlusion(images.read(3), "eyes", 1, 3, moved[3])
+    assert np.array_equal(image, expected[0])
+    assert not np.array_equal(image, seeded_occlusion(images.read(3), "eyes", 1, 3)[0])
 
 
 def test_masked_features_do_not_depend_on_batching(oaml_ckpt: Path, face_folder: Path) -> None:
     files = sorted(str(p) for p in face_folder.rglob("*.png"))
     images = EvalImages(names=files, paths=files)
-    one = extract_features(load_model(oaml_ckpt, batch_size=3), images, mask_seed=0, progress=False)
-    two = extract_features(load_model(oaml_ckpt, batch_size=10), images, mask_seed=0, num_workers=1,
+    one = extract_features(load_model(oaml_ckpt, batch_size=3), images, occluder="mask", progress=False)
+    two = extract_features(load_model(oaml_ckpt, batch_size=10), images, occluder="mask", num_workers=1,
                            progress=False)
     np.testing.assert_allclose(one.embedding.numpy(), two.embedding.numpy(), atol=1e-5)
     np.testing.assert_allclose(one.occlusion_flip.numpy(), two.occlusion_flip.numpy(), atol=1e-5)
+
+
+def test_an_occluder_gets_each_image_with_its_index(face_folder: Path) -> None:
+    files = sorted(str(p) for p in face_folder.rglob("*.png"))
+    images = EvalImages(names=files, paths=files)
+
+    def black_top_rows(image: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        occluded = image.copy()
+        occluded[:index + 1] = 0
+        return occluded, np.ones(image.shape[:2], np.float32)
+
+    occluded = OccludedImages(images, np.array([3, 1]), occluder=black_top_rows)
+    assert not occluded[0][0][:4].any() and occluded[0][0][4:].any() and not occluded[1][0][:2].any()
+    seeded = OccludedImages(images, np.arange(3), occluder=SeededOccluder("mask", 7))
+    assert np.array_equal(seeded[2][0], OccludedImages(images, np.arange(3), "mask", seed=7)[2][0])
+    with pytest.raises(ValueError, match="unknown occluder"):
+        SeededOccluder("tophat")

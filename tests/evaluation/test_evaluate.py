@@ -169,7 +169,7 @@ def test_all_pairs_scorers_equal_the_upper_triangle(oaml_ckpt: Path, face_folder
     rec = load_model(oaml_ckpt, batch_size=4)
     files = sorted(str(p) for p in face_folder.rglob("*.png"))
     feats = extract_features(rec, EvalImages(names=files, paths=files), progress=False)
-    masked = extract_features(rec, EvalImages(names=files, paths=files), mask_seed=0, progress=False)
+    masked = extract_features(rec, EvalImages(names=files, paths=files), occluder="mask", progress=False)
     n = len(files)
     iu = np.triu_indices(n, 1)
     emb = feats.embedding
@@ -189,3 +189,19 @@ def test_cli_eval_prints_the_table(oaml_ckpt: Path, face_folder: Path, tmp_path:
     assert re.search(r"^combined\s+10\s+35\s", printed, re.MULTILINE)
     assert json.loads((tmp_path / "results.json").read_text())["fusion"]["weights"] == {"adaface": 0.8,
                                                                                       "qaconv": 0.2}
+
+
+def test_pair_list_input_scores_the_listed_pairs_and_names_a_missing_file(oaml_ckpt: Path, tmp_path: Path) -> None:
+    from oaml.data.pairs import Pair, write_pair_list
+
+    root = write_face_folder(tmp_path / "faces", [3, 3, 2, 2])
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    pairs = [Pair(a, b, a.split("/")[0] == b.split("/")[0]) for k, a in enumerate(files) for b in files[k + 1:]]
+    write_pair_list(tmp_path / "list.txt", pairs[:30])
+    results = evaluate(oaml_ckpt, root, tmp_path / "out", pairs_path=tmp_path / "list.txt", options=FAST).results
+    data = results["data"]
+    assert (data["mode"], data["n_pairs"], data["n_genuine"]) == ("pairs_file", 30, sum(p.same for p in pairs[:30]))
+    assert data["n_identities"] == 4 and len(results["methods"]["adaface"]["ten_fold"]["fold_accuracies"]) == 10
+    write_pair_list(tmp_path / "gone.txt", [*pairs[:3], Pair(files[0], "id09/none.png", False)])
+    with pytest.raises(DataError, match=r"gone\.txt:5: image id09/none\.png not found"):
+        evaluate(oaml_ckpt, root, tmp_path / "out2", pairs_path=tmp_path / "gone.txt", options=FAST)

@@ -9,8 +9,9 @@ import pytest
 
 from oaml.data.datasets import FolderDataset
 from oaml.errors import ConfigError, DataError
-from oaml.study.data import (DEFAULT_DATASETS, Identity, discover_identities, held_out_pairs,
-                                         link_train_folder, split_identities)
+from oaml.study.data import (DEFAULT_DATASETS, VIEW2_DATASET, Identity, benchmark_pairs,
+                             discover_identities, held_out_pairs, link_train_folder, split_identities,
+                             validation_split)
 
 
 def _tree(root: Path, counts: dict[str, int]) -> Path:
@@ -107,5 +108,47 @@ def test_default_datasets_have_the_documented_sizes(shared_data: Path) -> None:
     roots = [shared_data / name for name in DEFAULT_DATASETS]
     identities = discover_identities(roots)
     by_dataset = {d: [i for i in identities if i.dataset == d] for d in DEFAULT_DATASETS}
-    assert [len(by_dataset[d]) for d in DEFAULT_DATASETS] == [40, 10, 5]
-    assert [sum(len(i.images) for i in by_dataset[d]) for d in DEFAULT_DATASETS] == [399, 100, 55]
+    assert [len(by_dataset[d]) for d in DEFAULT_DATASETS] == [40, 5, 158]
+    assert [sum(len(i.images) for i in by_dataset[d]) for d in DEFAULT_DATASETS] == [399, 55, 2974]
+
+
+def test_validation_split_divides_the_training_identities_only() -> None:
+    split = split_identities(_identities("a", 20) + _identities("b", 8), 0.3, seed=4)
+    inner = validation_split(split, 0.25)
+    assert set(inner.train) | set(inner.test) == set(split.train) and not set(inner.train) & set(inner.test)
+    assert not set(inner.test) & set(split.test)  # the held-out identities stay out of the selection
+    assert validation_split(split, 0.25) == inner  # fixed per split
+
+
+def _view2_like(root: Path) -> Path:
+    for person, count in (("Ann_A", 2), ("Bob_B", 1), ("Cid_C", 2), ("Dan_D", 1)):
+        (root / person).mkdir(parents=True)
+        for k in range(1, count + 1):
+            (root / person / f"{person}_{k:04d}.jpg").write_bytes(b"x")
+    (root / "pairs.txt").write_text("1\t2\nAnn_A\t1\t2\nCid_C\t1\t2\nAnn_A\t1\tBob_B\t1\nCid_C\t2\tDan_D\t1\n")
+    return root
+
+
+def test_benchmark_pairs_keep_only_pairs_of_unseen_people(tmp_path: Path) -> None:
+    root = _view2_like(tmp_path / "view2")
+    seen = Identity("lfw_min10_arcface112", "Ann_A", "/x/Ann_A", ("/x/Ann_A/1.jpg", "/x/Ann_A/2.jpg"))
+    other = Identity("att_faces_arcface112", "Dan_D", "/y/Dan_D", ("/y/1.png", "/y/2.png"))  # not an LFW set
+    bench = benchmark_pairs(root, (seen, other))
+    assert (bench.total, bench.dropped) == (4, 2)
+    pairs = bench.pairs
+    assert [Path(pairs.paths[i]).name for i in pairs.first] == ["Cid_C_0001.jpg", "Cid_C_0002.jpg"]
+    assert [Path(pairs.paths[j]).name for j in pairs.second] == ["Cid_C_0002.jpg", "Dan_D_0001.jpg"]
+    assert pairs.issame.tolist() == [True, False]
+    assert pairs.labels.tolist() == [0, 0, 1]  # Cid_C, Cid_C, Dan_D
+    with pytest.raises(DataError, match="nothing is held out"):
+        benchmark_pairs(root, (seen, Identity("lfw_min10_arcface112", "Cid_C", "/z", ("/z/1", "/z/2"))))
+
+
+@pytest.mark.shared_data
+def test_view2_pairs_of_people_unseen_in_training(shared_data: Path) -> None:
+    identities = discover_identities([shared_data / name for name in DEFAULT_DATASETS])
+    split = split_identities(identities, 0.3, 0)
+    bench = benchmark_pairs(shared_data / VIEW2_DATASET, split.train)
+    assert bench.total == 6000 and 0 < bench.dropped < 6000
+    people = {Path(p).parent.name for p in bench.pairs.paths}
+    assert not people & {i.name for i in split.train if i.dataset.startswith("lfw")}

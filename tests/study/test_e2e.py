@@ -53,7 +53,7 @@ def test_study_trains_every_variant_and_writes_the_report(tmp_path: Path) -> Non
 
 
 def test_module_entry_point_has_the_same_flags() -> None:
-    out = subprocess.run([sys.executable, "-m", "oaml.study.runs", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "oaml.study", "--help"], capture_output=True,
                          text=True, check=True).stdout
     for flag in ("--seeds", "--splits", "--variants", "--epochs", "--jobs", "--output-dir", "--work-dir"):
         assert flag in out

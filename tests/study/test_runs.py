@@ -10,12 +10,11 @@ import pytest
 
 from oaml.cli.main import main
 from oaml.errors import ConfigError
-from oaml.evaluation.embed import MaskedImages
+from oaml.evaluation.embed import OccludedImages
 from oaml.evaluation.eval_data import EvalImages
 from oaml.study.data import Identity, Split
 from oaml.study.options import METHODS, VARIANTS, StudyOptions
-from oaml.study.runs import (occlusion_separation, read_loss_curves, run_config, run_study, steps_per_epoch,
-                             true_mask_grids)
+from oaml.study.runs import read_loss_curves, run_config, run_study, steps_per_epoch
 from oaml.study.report import render_markdown
 from oaml.study.stats import aggregate
 
@@ -64,26 +63,6 @@ def test_a_batch_larger_than_the_training_identities_is_refused(tmp_path: Path) 
     assert not (tmp_path / "w").exists()  # refused before anything was linked or trained
 
 
-def test_occlusion_separation_matches_hand_computed_values() -> None:
-    true = np.ones((1, 7, 7), np.float32)
-    true[0, 5, 3], true[0, 5, 4] = 0.0, 0.25  # two cells less than half visible
-    masked = np.full((1, 7, 7), 0.8, np.float32)
-    masked[0, 5, 3], masked[0, 5, 4] = 0.1, 0.3
-    clean = np.full((1, 7, 7), 0.9, np.float32)
-    stats = occlusion_separation(masked, clean, true)
-    assert stats["inside"] == pytest.approx(0.2)
-    assert stats["outside"] == pytest.approx(0.8)
-    assert stats["clean_same_cells"] == pytest.approx(0.9) and stats["clean_all"] == pytest.approx(0.9)
-    assert stats["mae"] == pytest.approx((0.1 + 0.05 + 47 * 0.2) / 49)
-    assert stats["mse"] == pytest.approx((0.01 + 0.0025 + 47 * 0.04) / 49)
-    assert stats["mse_all_visible"] == pytest.approx((1.0 + 0.5625) / 49)
-    assert stats["auc"] == pytest.approx(1.0)
-    flat = occlusion_separation(np.ones_like(masked), clean, true)  # a collapsed head: every cell "visible"
-    assert flat["auc"] == pytest.approx(0.5) and flat["inside"] == flat["outside"] == 1.0
-    with pytest.raises(ValueError, match="both"):
-        occlusion_separation(masked, clean, np.ones_like(true))
-
-
 def test_true_grids_are_the_masks_the_evaluator_draws(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     paths = []
@@ -91,10 +70,10 @@ def test_true_grids_are_the_masks_the_evaluator_draws(tmp_path: Path) -> None:
         paths.append(str(tmp_path / f"{k}.png"))
         cv2.imwrite(paths[-1], rng.integers(100, 156, (112, 112, 3), dtype=np.uint8))
     images = EvalImages(names=paths, paths=paths)
-    grids = true_mask_grids(images, mask_seed=5)
-    masked = MaskedImages(images, np.arange(3), mask_seed=5)
+    masked = OccludedImages(images, np.arange(3), "mask", seed=5)
+    grids = np.stack([masked[k][1] for k in range(3)])
     for k in range(3):
-        changed = np.any(masked[k] != images.read(k), axis=2)
+        changed = np.any(masked[k][0] != images.read(k), axis=2)
         changed_cells = changed.reshape(7, 16, 7, 16).mean(axis=(1, 3))
         # Cells the grid calls covered were painted; fully visible cells were (almost) not touched.
         assert changed_cells[grids[k] < 0.1].min() > 0.9

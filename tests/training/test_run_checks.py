@@ -45,6 +45,18 @@ def test_too_few_identities_for_one_batch_stops_before_training(data: Path, tmp_
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no empty run folder
 
 
+@pytest.mark.parametrize("flat, flag", [
+    ({"occluders": "mask:0.5,visor:0.1"}, "--occluders: occluder mixture entry 'visor:0.1'"),
+    ({"val_occluders": "sunglasses,mask+"}, "--val_occluders: occlusion protocol 'mask+'"),
+])
+def test_bad_occluder_settings_stop_before_a_run_folder(data: Path, tmp_path: Path, flat: dict[str, str],
+                                                        flag: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        run_training(_config(data, tmp_path / "runs", "mine", "mine", **flat))
+    assert str(info.value).startswith(flag) and "\n" not in str(info.value)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 def test_a_run_without_validation_writes_last_ckpt_and_says_so(data: Path, tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     # tiny_cpu.yaml validates every 8 epochs; with no .bin files the seed's setup saved no checkpoint at all.

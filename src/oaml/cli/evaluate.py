@@ -9,11 +9,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from oaml.constants import PAIRS_FORMATS
 from oaml.evaluation.options import EvalOptions
 
-__all__ = ["register"]
+__all__ = ["add_runtime_arguments", "check_runtime", "register"]
 
 _DEFAULTS = EvalOptions()
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a model runs (``eval``, ``embed``, ``gallery build``, ``identify``): batching, resizing, device."""
+    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="images per forward pass")
+    parser.add_argument("--resize", action="store_true", help="resize images that are not 112x112")
+    parser.add_argument("--arch", default=None, help="override the architecture read from the checkpoint")
+    parser.add_argument("--num-workers", type=int, default=_DEFAULTS.num_workers, help="data-loader workers")
+    parser.add_argument("--device", default=_DEFAULTS.device, help="torch device: cpu, cuda or cuda:N")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, output: str, written: str) -> None:
@@ -24,12 +35,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser, output: str, written: 
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --output-dir")
     parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (and their pairs), "
                         "listing them, instead of stopping at the first one")
-    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="images per forward pass")
-    parser.add_argument("--resize", action="store_true", help="resize images that are not 112x112")
-    parser.add_argument("--arch", default=None, help="override the architecture read from the checkpoint")
-    parser.add_argument("--num-workers", type=int, default=_DEFAULTS.num_workers, help="data-loader workers")
-    parser.add_argument("--device", default=_DEFAULTS.device, help="torch device: cpu, cuda or cuda:N")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_runtime_arguments(parser)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,11 +50,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                           help="weight of the QAConv score")
     evaluate.add_argument("--dynamic-weights", action="store_true", help="the seed's validation rule for the 10-fold "
                           "combined accuracy: weights 0.8/0.2 while QAConv is below chance")
-    evaluate.add_argument("--pairs", default=None, help="LFW pairs.txt-format file listing the pairs to score")
+    evaluate.add_argument("--pairs", default=None, help="file listing the pairs to score: LFW pairs.txt, or one "
+                          "'path_a path_b label' row per pair (label 1/0 or same/diff)")
+    evaluate.add_argument("--pairs-format", choices=PAIRS_FORMATS, default=_DEFAULTS.pairs_format,
+                          help="format of --pairs: auto (detected from its first line), lfw or list")
     evaluate.add_argument("--mask-probes", action="store_true",
-                          help="also evaluate with deterministic synthetic masks on one side of every pair")
+                          help="also evaluate with deterministic synthetic masks on one side of every pair (the "
+                               "same as --occluders mask; its methods are named <method>_masked)")
+    evaluate.add_argument("--occluders", default="", metavar="PROTOCOL[,PROTOCOL...]",
+                          help="also evaluate under each occlusion protocol, each reported as its own methods "
+                               "<method>_<protocol>: NAME puts occluder NAME on the second image of every pair "
+                               "(probe i in all-pairs mode), FIRST+SECOND one on each image (mask+sunglasses); "
+                               "names: mask, kn95, cloth_mask, sunglasses, glasses, scarf, hand_mouth, hand_eyes, "
+                               "eyes, nose, mouth, upper_half, lower_half, left_half, right_half, rect<1-90>")
     evaluate.add_argument("--mask-seed", type=int, default=_DEFAULTS.mask_seed,
-                          help="seed of the deterministic synthetic masks")
+                          help="seed of the deterministic masks and other occluders (with the image index)")
+    evaluate.add_argument("--no-landmarks", action="store_true",
+                          help="place occluders on the ArcFace template even where the folder's landmarks.tsv "
+                               "(written by oaml align) gives each image's own landmarks")
     evaluate.add_argument("--no-plots", action="store_true", help="skip roc.png and the score histograms")
     evaluate.set_defaults(handler=_eval, overwrite_guard="results.json")
     embed = sub.add_parser("embed", help="write embeddings of a folder of aligned faces",
@@ -61,8 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     embed.set_defaults(handler=_embed, overwrite_guard="embeddings.npy")
 
 
-def _check(args: argparse.Namespace) -> None:
-    """The checks made before a model or data is read: counts, the device, an earlier run's files.
+def check_runtime(args: argparse.Namespace) -> None:
+    """The checks of :func:`add_runtime_arguments`' flags made before a model or data is read: counts, the device.
 
     Raises:
         ConfigError: naming the flag and the value.
@@ -75,6 +94,24 @@ def _check(args: argparse.Namespace) -> None:
     if args.num_workers < 0:
         raise ConfigError(f"--num-workers must be >= 0, got {args.num_workers}")
     resolve_device(args.device, "--device")
+
+
+def _check(args: argparse.Namespace) -> None:
+    """The checks made before a model or data is read: counts, the device, an earlier run's files.
+
+    Raises:
+        ConfigError: naming the flag and the value.
+    """
+    from oaml.errors import ConfigError
+
+    check_runtime(args)
+    if getattr(args, "occluders", ""):
+        from oaml.data.occluders import parse_protocols
+
+        try:
+            parse_protocols(args.occluders)
+        except ValueError as error:
+            raise ConfigError(f"--occluders: {error}") from None
     earlier = Path(args.output_dir) / args.overwrite_guard
     if earlier.exists() and not args.overwrite:
         raise ConfigError(f"--output-dir {args.output_dir}: it already holds {args.overwrite_guard} of an earlier "
@@ -86,6 +123,7 @@ def _eval(args: argparse.Namespace) -> int:
     from oaml.errors import ConfigError
     from oaml.evaluation.evaluate import evaluate
     from oaml.evaluation.report import console_table
+    from oaml.evaluation.results import calibration_rows
 
     _check(args)
     try:
@@ -93,11 +131,16 @@ def _eval(args: argparse.Namespace) -> int:
                               qaconv_weight=args.qaconv_weight, resize=args.resize, mask_probes=args.mask_probes,
                               mask_seed=args.mask_seed, arch=args.arch, device=args.device,
                               num_workers=args.num_workers, progress=not args.no_progress, plots=not args.no_plots,
-                              skip_bad=args.skip_bad, dynamic_weights=args.dynamic_weights)
+                              skip_bad=args.skip_bad, dynamic_weights=args.dynamic_weights,
+                              pairs_format=args.pairs_format, landmarks=not args.no_landmarks,
+                              occluders=tuple(e.strip() for e in args.occluders.split(",") if e.strip()))
     except ValueError as error:
         raise ConfigError(str(error)) from error
     outcome = evaluate(args.model_path, args.data_path, args.output_dir, pairs_path=args.pairs, options=options)
     print(console_table(outcome.rows, outcome.headers, float_fmt=".4f"))
+    calibration, headers = calibration_rows(outcome.results)
+    if calibration:
+        print("\n" + console_table(calibration, headers, float_fmt=".4f"))
     data = outcome.results["data"]
     identities = data["n_identities"] if data["n_identities"] is not None else "unknown"
     print(f"\n{data['n_images']} images, {identities} identities, {data['n_pairs']} pairs "

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from oaml import __version__
-from oaml.cli import data, evaluate, study, tools, train
+from oaml.cli import data, evaluate, identify, study, tools, train
 from oaml.cli.config_args import parameter_summary
 from oaml.errors import OamlError
 
@@ -20,7 +20,7 @@ __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("oaml")
 
-_GROUPS = (train, evaluate, data, study, tools)
+_GROUPS = (train, evaluate, identify, data, study, tools)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``oaml`` command line and return its exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the exact command, for the files that record it (oaml occlude's manifest)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command is None:

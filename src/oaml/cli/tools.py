@@ -1,4 +1,4 @@
-"""``oaml align``, ``oaml export`` and ``oaml convert``: their arguments and handlers.
+"""``oaml align``, ``oaml export``, ``oaml convert`` and ``oaml occlude``: their arguments and handlers.
 
 Each handler resolves the arguments, calls :mod:`oaml.tools` and returns an exit status: 0 on success, 2 on
 bad input or a missing optional extra (one line on stderr saying how to install it), 1 on a runtime failure
@@ -17,12 +17,14 @@ log = logging.getLogger("oaml")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``convert``, ``export`` and ``align`` subcommands."""
+    """Add the ``convert``, ``export``, ``align`` and ``occlude`` subcommands."""
     for name, text, add_arguments, handler in (
             ("convert", "convert datasets (folder <-> rec, bin -> memfile, pairs -> bin)", _add_convert_arguments,
              convert_command),
             ("export", "export a checkpoint to ONNX or TorchScript", _add_export_arguments, export_command),
-            ("align", "detect and align faces to the ArcFace 112x112 template", _add_align_arguments, align_command)):
+            ("align", "detect and align faces to the ArcFace 112x112 template", _add_align_arguments, align_command),
+            ("occlude", "write an occluded copy of a verification set with its true visibility maps",
+             _add_occlude_arguments, occlude_command)):
         parser = sub.add_parser(name, help=text, description=text)
         add_arguments(parser)
         parser.set_defaults(handler=handler)
@@ -198,4 +200,50 @@ def convert_command(args: argparse.Namespace) -> int:
         print(f"wrote {written.out_path}: {written.num_pairs} pairs ({written.num_genuine} genuine) from "
               f"{written.num_images} images" + (f"; dropped {written.num_dropped} pairs with missing or unreadable "
                                                 f"images" if written.num_dropped else ""))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- occlude
+def _add_occlude_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``oaml occlude`` arguments to ``parser``."""
+    from oaml.constants import PAIRS_FORMATS
+
+    parser.add_argument("src", metavar="SRC", help="a .bin, or an aligned folder with pairs.txt (LFW format or "
+                        "'path_a path_b label' rows); without one, --side both occludes every image")
+    parser.add_argument("out", metavar="OUT", help="output folder: the set in SRC's format, occlusion.npz (true "
+                        "visibility maps) and manifest.json")
+    parser.add_argument("--occluder", required=True, metavar="NAME[+NAME]",
+                        help="occluder of the second image (with --side both: of both images), or FIRST+SECOND: one "
+                             "for each image (mask+sunglasses); names: mask, kn95, cloth_mask, sunglasses, glasses, "
+                             "scarf, hand_mouth, hand_eyes, eyes, nose, mouth, upper_half, lower_half, left_half, "
+                             "right_half, rect<1-90>")
+    parser.add_argument("--side", choices=("second", "both"), default="second",
+                        help="where a single occluder goes (default: second)")
+    parser.add_argument("--seed", type=int, default=0, help="occluder seed, with each image's index (default: 0)")
+    parser.add_argument("--pairs", metavar="FILE", default=None, help="pairs file of a folder (default: SRC/pairs.txt)")
+    parser.add_argument("--pairs-format", choices=PAIRS_FORMATS, default="auto",
+                        help="format of the pairs file: auto (detected), lfw or list (default: auto)")
+    parser.add_argument("--encode", choices=("png", "jpg"), default="png",
+                        help="format of the occluded images: png (lossless) or jpg (quality 95) (default: png)")
+    parser.add_argument("--no-landmarks", action="store_true",
+                        help="place occluders on the ArcFace template even when SRC/landmarks.tsv gives each image's "
+                             "own landmarks")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier oaml occlude output in OUT")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def occlude_command(args: argparse.Namespace) -> int:
+    """Run ``oaml occlude``."""
+    import shlex
+
+    from oaml.tools.occlude import occlude_set
+
+    summary = occlude_set(args.src, args.out, args.occluder, side=args.side, seed=args.seed, pairs=args.pairs,
+                          pairs_format=args.pairs_format, encode=args.encode, landmarks=not args.no_landmarks,
+                          overwrite=args.overwrite, command=shlex.join(["oaml", *args.argv]),
+                          progress=not args.no_progress)
+    pairs = f"{summary.num_pairs} pairs, " if summary.num_pairs else ""
+    print(f"wrote {summary.out_dir}: {pairs}{summary.num_images} images, {summary.num_occluded} occluded "
+          f"({summary.protocol}); occlusion.npz and manifest.json ({len(summary.files)} files hashed) in "
+          f"{summary.seconds:.1f} s")
     return 0

@@ -59,22 +59,26 @@ class PairSample(NamedTuple):
         issame: ground truth of the image's pair.
         set_index: position of the image's set in the dataset's set names.
         global_index: index of the image in the concatenation.
+        visibility: ``7 x 7`` true visible fraction of each feature-map cell under the occluder of the
+            protocol (all ones for a clean image), for the occlusion head's calibration.
     """
 
     image: Tensor
     issame: bool
     set_index: int
     global_index: int
+    visibility: Tensor
 
 
 class PairBatch(NamedTuple):
     """A batch of whole verification pairs (what ``validation_step`` receives): the fields of :class:`PairSample`
-    stacked, ``B`` images each."""
+    stacked, ``B`` images each (``visibility``: ``B x 7 x 7``)."""
 
     images: Tensor
     issame: Tensor
     set_index: Tensor
     global_index: Tensor
+    visibility: Tensor
 
 
 def collate_train(samples: Sequence[TrainSample]) -> TrainBatch:

@@ -10,10 +10,11 @@ Loaders:
   every epoch (:meth:`FaceDataModule.set_class_graph`); :class:`~oaml.data.batches.TrainBatch` records
   ``(images B x 3 x 112 x 112, labels, visibility B x 1 x 112 x 112, skipped)``; rank and world size come from the
   attached Trainer. Build the Trainer with ``use_distributed_sampler=False`` (the sampler already shards by rank).
-- ``val_dataloader``/``test_dataloader``: a **list** of loaders, index 0 the clean sets and index 1 (when
-  ``val_masked``) the masked protocol (synthetic mask on the second image of each pair). Batches are
-  :class:`~oaml.data.batches.PairBatch` records ``(images, issame, set_index, global_index)``. The list is empty
-  when no verification set is present, which makes Lightning skip validation.
+- ``val_dataloader``/``test_dataloader``: a **list** of loaders, index 0 the clean sets and index 1, 2, ... the
+  occlusion protocols of :attr:`VerificationData.protocols`, in order (by default the masked protocol alone: a
+  synthetic mask on the second image of each pair). Batches are :class:`~oaml.data.batches.PairBatch` records
+  ``(images, issame, set_index, global_index, visibility)``. The list is empty when no verification set is present,
+  which makes Lightning skip validation.
 
 Checkpoints: :meth:`FaceDataModule.state_dict` stores the sampler's epoch and the number of batches the loop
 has processed (and the graph sampler's graph); on a mid-epoch resume the rebuilt sampler skips exactly those, so
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from oaml.constants import VAL_SET_NAMES, ChannelOrder
 from oaml.data.batches import collate_pairs, collate_train
 from oaml.data.datasets import FolderDataset, RecordDataset, resolve_record_path
+from oaml.data.occluders import OcclusionProtocol
 from oaml.data.samplers import GraphSampler, PairShardSampler, PKSampler
 from oaml.data.verification_sets import VerificationSets, convert_bin
 
@@ -110,8 +112,9 @@ class VerificationData:
         memfile_dir: where :meth:`FaceDataModule.prepare_data` writes the memfiles.
         channel_order: channel order the model expects.
         batch_size: images per verification batch (even: pairs stay together).
-        masked: also validate on the masked protocol (a synthetic mask on the second image of each pair).
-        mask_seed: seed of the masked protocol.
+        protocols: the occlusion protocols validated besides the clean pairs, one loader each, in order
+            (``(MASK_PROTOCOL,)``: the masked protocol, a synthetic mask on the second image of each pair).
+        mask_seed: seed of the protocols (with each image's global index).
         names: verification sets, in concatenation order.
     """
 
@@ -119,7 +122,7 @@ class VerificationData:
     memfile_dir: Path
     channel_order: ChannelOrder
     batch_size: int
-    masked: bool
+    protocols: tuple[OcclusionProtocol, ...]
     mask_seed: int
     names: tuple[str, ...] = VAL_SET_NAMES
 
@@ -191,7 +194,7 @@ class FaceDataModule(LightningDataModule):
             if len(clean) == 0:
                 logger.info("no verification set found in %s; validation is skipped", sets.memfile_dir)
                 return
-            self.val_datasets = [clean] + ([clean.masked(mask_seed=sets.mask_seed)] if sets.masked else [])
+            self.val_datasets = [clean] + [clean.occluded(protocol, sets.mask_seed) for protocol in sets.protocols]
 
     def _dataset(self) -> RecordDataset | FolderDataset:
         if self.train_dataset is None:
@@ -260,7 +263,7 @@ class FaceDataModule(LightningDataModule):
                 for ds in self.val_datasets]
 
     def val_dataloader(self) -> list[DataLoader]:
-        """``[clean]`` or ``[clean, masked]`` verification loaders; ``[]`` when no set is present."""
+        """``[clean, <protocol>, ...]`` verification loaders; ``[]`` when no set is present."""
         return self._val_loaders()
 
     def test_dataloader(self) -> list[DataLoader]:

@@ -7,6 +7,7 @@ aligned faces decodes with :func:`decode_image`, so a file that one command acce
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,7 +17,10 @@ import numpy as np
 from oaml.constants import FACE_SIZE
 from oaml.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "PHOTO_EXTENSIONS", "decode_image", "identity_images", "list_images"]
+__all__ = ["IMAGE_EXTENSIONS", "PHOTO_EXTENSIONS", "decode_image", "identity_images", "labelled_images",
+           "list_images"]
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".pgm")
 """Suffixes of aligned face images (case-insensitive), in the order pairs files try them."""
@@ -65,6 +69,32 @@ def identity_images(root: str | os.PathLike[str],
         raise FileNotFoundError(f"image folder not found: {root}")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     return [(folder.name, list_images(folder, extensions)) for folder in folders]
+
+
+def labelled_images(root: str | os.PathLike[str],
+                    extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> tuple[list[Path], list[str]]:
+    """Every image of ``root/<identity>/.../<image>`` and its identity (the first folder level), flattened in the
+    order of :func:`identity_images` (identity folders may be symbolic links).
+
+    Images directly in ``root`` have no identity and are skipped with a warning.
+
+    Raises:
+        FileNotFoundError: If ``root`` is not a folder.
+        DataError: If no image lies in an identity folder.
+    """
+    root = Path(root)
+    per_identity = identity_images(root, extensions)
+    suffixes = {ext.lower() for ext in extensions}
+    loose = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in suffixes
+                   and not p.name.startswith("."))
+    if loose:
+        logger.warning("%d images directly in %s have no identity folder; skipped (e.g. %s)", len(loose), root,
+                       loose[0])
+    files = [path for _, paths in per_identity for path in paths]
+    if not files:
+        raise DataError(f"{root}: no images in identity folders (expected {root}/<identity>/<image> with "
+                        f"extensions {', '.join(extensions)})")
+    return files, [name for name, paths in per_identity for _ in paths]
 
 
 def decode_image(buf: bytes | np.ndarray, where: str, resize: bool = False, size: int = FACE_SIZE) -> np.ndarray:

@@ -34,7 +34,8 @@ from torch.nn import functional as F
 
 from oaml.constants import ARCFACE_TEMPLATE, FEATURE_MAP_SIZE
 
-__all__ = ["MASK_STYLES", "apply_medical_mask", "medical_mask_outline", "seeded_mask", "visibility_grid"]
+__all__ = ["MASK_STYLES", "apply_medical_mask", "catmull_rom_basis", "face_light", "medical_mask_outline",
+           "seeded_mask", "visibility_grid"]
 
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, Tensor)
 
@@ -60,7 +61,8 @@ Affine = tuple[float, float, float, float, float, float]
 """A 2x3 affine ``[[a, b, c], [d, e, f]]`` as six floats (tiny geometry is faster in plain Python)."""
 
 
-def _catmull_rom_basis(count: int, samples: int) -> np.ndarray:
+@functools.cache
+def catmull_rom_basis(count: int, samples: int) -> np.ndarray:
     """The ``(count * samples) x count`` matrix of a closed uniform Catmull-Rom curve (linear in its points)."""
     t = np.linspace(0, 1, samples, endpoint=False)
     weights = 0.5 * np.stack([-t + 2 * t ** 2 - t ** 3, 2 - 5 * t ** 2 + 3 * t ** 3,
@@ -73,7 +75,7 @@ def _catmull_rom_basis(count: int, samples: int) -> np.ndarray:
 
 
 _OUTLINE_POINTS, _OUTLINE_SAMPLES = 12, 6
-_CURVE = _catmull_rom_basis(_OUTLINE_POINTS, _OUTLINE_SAMPLES)
+_CURVE = catmull_rom_basis(_OUTLINE_POINTS, _OUTLINE_SAMPLES)
 _LOOP_T = np.linspace(0.0, 1.0, 12)[:, None]
 _BEZIER = np.hstack([(1 - _LOOP_T) ** 2, 2 * (1 - _LOOP_T) * _LOOP_T, _LOOP_T ** 2])  # quadratic Bezier weights
 _LOOP_CORNERS = [i * _OUTLINE_SAMPLES for i in (3, 5, 9, 7)]  # right cheek, right jaw, left cheek, left jaw
@@ -250,6 +252,18 @@ def _texture(style: str, rng: np.random.Generator, frame: Affine, eye: float,
     return shading, np.column_stack([colour, other - colour]) / _SHADE_SCALE
 
 
+def face_light(region: np.ndarray, covered: np.ndarray) -> float:
+    """How bright the face under an occluder is: a factor in [0.6, 1.15] that scales the occluder's colours.
+
+    A dark photo gets a dark mask: BT.601 luma of the ``region`` pixels where the uint8 ``covered`` is non-zero
+    (1.0 when nothing is covered).
+    """
+    if not cv2.countNonZero(covered):
+        return 1.0
+    blue, green, red, _ = cv2.mean(region, mask=covered)
+    return min(max(0.55 + 0.45 * (0.114 * blue + 0.587 * green + 0.299 * red) / 128.0, 0.6), 1.15)
+
+
 def _composite(region: np.ndarray, covered: np.ndarray, shading: np.ndarray, colours: np.ndarray) -> np.ndarray:
     """Paint the coloured shading over ``region`` where ``covered`` (in place), lit like the face under it.
 
@@ -258,10 +272,7 @@ def _composite(region: np.ndarray, covered: np.ndarray, shading: np.ndarray, col
     """
     if not cv2.countNonZero(covered):
         return colours[:, 0] * (0.85 * _SHADE_SCALE)
-    # A dark photo gets a dark mask: scale the mask colour by the covered face's brightness (BT.601 luma).
-    blue, green, red, _ = cv2.mean(region, mask=covered)
-    light = min(max(0.55 + 0.45 * (0.114 * blue + 0.587 * green + 0.299 * red) / 128.0, 0.6), 1.15)
-    layer = cv2.transform(shading, colours * light)  # uint8 BGR, saturated
+    layer = cv2.transform(shading, colours * face_light(region, covered))  # uint8 BGR, saturated
     region[...] = cv2.copyTo(layer, covered, region.copy())  # ~10x faster than np.copyto(where=...)
     return np.array(cv2.mean(layer, mask=covered)[:3])
 

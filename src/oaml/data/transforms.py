@@ -3,9 +3,12 @@
 Datasets yield uint8 **BGR** ``H x W x 3`` faces (the released AdaFace weights expect BGR). The tensor side is
 ``(x / 255 - 0.5) / 0.5`` in the model's channel order: :attr:`ChannelOrder.RGB` reverses the channels.
 
-:class:`TrainTransform` runs flip (p 0.5) -> synthetic medical mask (p 0.5) -> :class:`Augmenter` -> tensor,
+:class:`TrainTransform` runs flip (p 0.5) -> synthetic medical mask (p 0.5), or one occluder of a mixture
+(:class:`oaml.data.occluders.OccluderMixture`, ``"mask:0.5,sunglasses:0.2"``) -> :class:`Augmenter` -> tensor,
 carrying the per-pixel visibility map through every geometric step. The 7x7 occlusion target is pooled
-from that map in the training objective (:func:`oaml.data.masks.visibility_grid`).
+from that map in the training objective (:func:`oaml.data.masks.visibility_grid`). Without a mixture the draws
+are those of the medical mask alone, so default batches are what they always were; the mixture ``"mask:p"``
+draws exactly as ``mask_prob=p``.
 
 Randomness comes from a ``numpy.random.Generator`` owned by the transform, re-seeded in every DataLoader
 worker by :func:`oaml.data.datamodule.seed_worker`; the global ``np.random`` is never used.
@@ -22,6 +25,7 @@ import torch
 from oaml.constants import ARCFACE_TEMPLATE, FACE_SIZE, NORM_MEAN, NORM_STD, ChannelOrder
 from oaml.data.augment import Augmenter, hflip
 from oaml.data.masks import apply_medical_mask
+from oaml.data.occluders import OccluderMixture
 
 __all__ = ["EvalTransform", "TrainTransform", "image_to_tensor", "normalise_batch", "tensor_to_image",
            "visibility_to_tensor"]
@@ -72,28 +76,32 @@ def visibility_to_tensor(visibility: np.ndarray) -> torch.Tensor:
 
 
 class TrainTransform:
-    """Flip -> medical mask -> Augmenter -> tensor; returns ``(image 3x112x112, visibility 1x112x112)``.
+    """Flip -> medical mask or occluder mixture -> Augmenter -> tensor; returns ``(image 3x112x112, visibility
+    1x112x112)``.
 
     Args:
-        mask_prob: probability of a synthetic medical mask.
+        mask_prob: probability of a synthetic medical mask (unused when ``occluders`` is given).
         flip_prob: probability of a horizontal flip (image and visibility together).
         crop_prob: probability of the in-place random crop (cropped-away pixels become not visible).
         low_res_prob: probability of the low-resolution step.
         photometric_prob: probability of the brightness/contrast/saturation jitter.
         channel_order: channel order of the output tensor (input images are BGR).
         seed: seed of the transform's generator; workers re-seed it with :meth:`reseed`.
+        occluders: an occluder mixture ``"name:probability,..."`` (:func:`oaml.data.occluders.parse_occluder_mixture`)
+            drawn instead of the medical mask; empty keeps the medical mask with ``mask_prob``.
 
     Raises:
-        ValueError: if a probability is outside [0, 1].
+        ValueError: if a probability is outside [0, 1], or for a bad mixture (one line naming the entry).
     """
 
     def __init__(self, mask_prob: float = 0.5, flip_prob: float = 0.5, crop_prob: float = 0.0,
                  low_res_prob: float = 0.0, photometric_prob: float = 0.0,
-                 channel_order: ChannelOrder = ChannelOrder.BGR, seed: int | None = None) -> None:
+                 channel_order: ChannelOrder = ChannelOrder.BGR, seed: int | None = None, occluders: str = "") -> None:
         for name, value in (("mask_prob", mask_prob), ("flip_prob", flip_prob)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         self.mask_prob, self.flip_prob = mask_prob, flip_prob
+        self.mixture = OccluderMixture.from_text(occluders) if occluders.strip() else None
         self.augmenter = Augmenter(crop_prob, low_res_prob, photometric_prob)
         self.channel_order = ChannelOrder(channel_order)
         self.seed = seed
@@ -128,16 +136,19 @@ class TrainTransform:
         visibility = np.ones((height, width), np.float32)
         if rng.random() < self.flip_prob:
             image, visibility = hflip(image, visibility)
-        if rng.random() < self.mask_prob:
-            landmarks = None
-            if (height, width) != (FACE_SIZE, FACE_SIZE):
-                landmarks = ARCFACE_TEMPLATE * np.array([width / FACE_SIZE, height / FACE_SIZE], np.float32)
+        landmarks = None
+        if (height, width) != (FACE_SIZE, FACE_SIZE):
+            landmarks = ARCFACE_TEMPLATE * np.array([width / FACE_SIZE, height / FACE_SIZE], np.float32)
+        if self.mixture is not None:
+            image, visibility = self.mixture(image, rng, landmarks)
+        elif rng.random() < self.mask_prob:
             image, visibility = apply_medical_mask(image, rng, landmarks)
         image, visibility = self.augmenter(image, visibility, rng)
         return image_to_tensor(image, self.channel_order), visibility_to_tensor(visibility)
 
     def __repr__(self) -> str:
-        return (f"TrainTransform(mask_prob={self.mask_prob}, flip_prob={self.flip_prob}, {self.augmenter!r}, "
+        occluders = f"occluders={self.mixture!r}" if self.mixture is not None else f"mask_prob={self.mask_prob}"
+        return (f"TrainTransform({occluders}, flip_prob={self.flip_prob}, {self.augmenter!r}, "
                 f"channel_order={self.channel_order.value}, seed={self.seed})")
 
 

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from oaml.constants import FACE_SIZE, VAL_SET_NAMES, ChannelOrder
+from oaml.constants import FACE_SIZE, FEATURE_MAP_SIZE, VAL_SET_NAMES, ChannelOrder
 from oaml.data.batches import PairSample
 from oaml.data.images import decode_image
-from oaml.data.masks import seeded_mask
+from oaml.data.masks import visibility_grid
+from oaml.data.occluders import MASK_PROTOCOL, OcclusionProtocol
 from oaml.data.safe_pickle import safe_load
 from oaml.data.transforms import image_to_tensor
 from oaml.errors import DataError
@@ -176,10 +177,11 @@ def load_memfile(out_dir: str | os.PathLike[str], name: str) -> tuple[np.memmap,
 class VerificationSets(Dataset):
     """The verification sets present in ``memfile_dir``, concatenated in SPEC order.
 
-    Items are ``(image, issame, dataset_index, global_index)``: a normalised float tensor ``3 x 112 x 112``
-    in ``channel_order``, the issame flag of the image's pair, the set's position in :attr:`names`
-    and the image's index in the concatenation. Sets that are absent are logged once and skipped; with none
-    present the dataset is empty and the caller skips validation.
+    Items are :class:`~oaml.data.batches.PairSample` records: a normalised float tensor ``3 x 112 x 112`` in
+    ``channel_order``, the issame flag of the image's pair, the set's position in :attr:`names`, the image's index
+    in the concatenation and the 7x7 visible fractions of the occluder drawn on it (all ones for a clean image).
+    Sets that are absent are logged once and skipped; with none present the dataset is empty and the caller skips
+    validation.
 
     Args:
         memfile_dir: folder with the converted sets (see :func:`convert_bin`).
@@ -187,18 +189,22 @@ class VerificationSets(Dataset):
         channel_order: channel order of the output tensors.
         flip: return the horizontally mirrored image (for a separate flip pass; batch-side ``torch.flip`` is
             usually cheaper).
-        masked_second: draw a synthetic medical mask on the second image of every pair (masked protocol),
-            deterministically from ``(mask_seed, global_index)``.
-        mask_seed: seed of the masked protocol.
+        masked_second: the masked protocol: a synthetic medical mask on the second image of every pair (the same
+            as ``protocol=MASK_PROTOCOL``).
+        mask_seed: seed of the occlusion protocol (with the image's global index).
         transform: optional ``uint8 BGR HxWx3 -> tensor`` replacing the default normalisation.
+        protocol: an occlusion protocol (:class:`~oaml.data.occluders.OcclusionProtocol`): each image gets its
+            side's occluder, deterministically from ``(mask_seed, global_index)``.
     """
 
     def __init__(self, memfile_dir: str | os.PathLike[str], names: Sequence[str] = VAL_SET_NAMES,
                  channel_order: ChannelOrder = ChannelOrder.BGR, flip: bool = False, masked_second: bool = False,
-                 mask_seed: int = 0, transform: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
+                 mask_seed: int = 0, transform: Callable[[np.ndarray], torch.Tensor] | None = None,
+                 protocol: OcclusionProtocol | None = None) -> None:
         self.memfile_dir = Path(memfile_dir)
         self.channel_order = ChannelOrder(channel_order)
-        self.flip, self.masked_second, self.mask_seed, self.transform = flip, masked_second, mask_seed, transform
+        self.flip, self.mask_seed, self.transform = flip, mask_seed, transform
+        self.protocol = MASK_PROTOCOL if masked_second and protocol is None else protocol
         self.names: list[str] = []
         self.offsets: dict[str, int] = {}
         self.pair_counts: dict[str, int] = {}
@@ -225,14 +231,23 @@ class VerificationSets(Dataset):
         self._set_of_image = np.repeat(np.arange(len(self.names)), [2 * self.pair_counts[n] for n in self.names])
         self._arrays: list[tuple[np.memmap, ChannelOrder]] | None = None
 
+    @property
+    def masked_second(self) -> bool:
+        """Whether this is the masked protocol (the medical mask on the second image)."""
+        return self.protocol is not None and self.protocol.is_mask
+
     def __len__(self) -> int:
         return self._length
 
     def masked(self, mask_seed: int | None = None) -> VerificationSets:
         """A copy that applies the masked protocol (no re-scan of the folder, no repeated log lines)."""
+        return self.occluded(MASK_PROTOCOL, mask_seed)
+
+    def occluded(self, protocol: OcclusionProtocol, seed: int | None = None) -> VerificationSets:
+        """A copy that applies ``protocol`` with ``seed`` (default: this set's ``mask_seed``), without a re-scan."""
         twin = copy.copy(self)
-        twin.masked_second, twin._arrays = True, None
-        twin.mask_seed = self.mask_seed if mask_seed is None else mask_seed
+        twin.protocol, twin._arrays = protocol, None
+        twin.mask_seed = self.mask_seed if seed is None else seed
         return twin
 
     def _open(self) -> list[tuple[np.memmap, ChannelOrder]]:
@@ -253,11 +268,13 @@ class VerificationSets(Dataset):
         array, stored = self._open()[set_index]
         image = np.asarray(array[local])
         bgr = image[:, :, ::-1] if stored is ChannelOrder.RGB else image
-        if self.masked_second and local % 2 == 1:
-            bgr, _ = seeded_mask(np.ascontiguousarray(bgr), self.mask_seed, index)
+        grid = torch.ones(FEATURE_MAP_SIZE, FEATURE_MAP_SIZE)
+        if self.protocol is not None and self.protocol.occluder(local % 2) is not None:
+            bgr, visibility = self.protocol.occlude(np.ascontiguousarray(bgr), local % 2, self.mask_seed, index)
+            grid = torch.from_numpy(visibility_grid(visibility))
         if self.flip:
             bgr = bgr[:, ::-1]
         tensor = (self.transform(np.ascontiguousarray(bgr)) if self.transform is not None
                   else image_to_tensor(bgr, self.channel_order))
         issame = bool(self.issame[index // 2])  # every set has an even offset, so pairs never straddle sets
-        return PairSample(tensor, issame, set_index, index)
+        return PairSample(tensor, issame, set_index, index, grid)

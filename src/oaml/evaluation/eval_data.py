@@ -2,8 +2,9 @@
 
 - **Folder**: ``root/<identity>/.../<image>`` (images at any depth below the identity folder). Every pair i < j of
   images is scored; genuine when both share the identity folder, never i = j.
-- **Pairs file** (LFW ``pairs.txt`` format, paths relative to the folder): only the listed pairs are scored.
-  Pairs that name absent images are skipped with a warning that lists the images, and counted.
+- **Pairs file** (LFW ``pairs.txt`` or a "path_a path_b label" list, :mod:`oaml.data.pairs`; paths relative to
+  the folder): only the listed pairs are scored. In an LFW file, pairs that name absent images are skipped with a
+  warning that lists the images, and counted; in a list, a missing file is an error naming its line.
 - **``.bin``** (insightface): ``(2N encoded images, N bools)`` read with the restricted unpickler; pair k is
   images 2k and 2k + 1.
 
@@ -23,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from oaml.constants import FACE_SIZE
-from oaml.data.images import IMAGE_EXTENSIONS, decode_image, list_images
-from oaml.data.pairs import Pair, parse_pairs, resolve_pairs
+from oaml.constants import ARCFACE_TEMPLATE, FACE_SIZE
+from oaml.data.images import IMAGE_EXTENSIONS, decode_image, labelled_images
+from oaml.data.landmarks import aligned_landmarks
+from oaml.data.pairs import read_pairs, resolve_pair_list, resolve_pairs
 from oaml.data.verification_sets import load_bin
 from oaml.errors import DataError
 
-__all__ = ["EvalImages", "EvalSet", "bin_set", "check_image_sizes", "decode_face", "find_bad_images", "folder_set",
-           "load_eval_set", "pairs_set"]
+__all__ = ["EvalImages", "EvalSet", "attach_landmarks", "bin_set", "check_image_sizes", "decode_face",
+           "find_bad_images", "folder_set", "load_eval_set", "pairs_set"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,9 @@ class EvalImages:
         blobs: Encoded images held in memory (``.bin`` input).
         size: Required side in pixels.
         resize: Resize other sizes instead of raising.
+        landmarks: ``N x 5 x 2`` landmarks of the images in their own pixels (from the folder's
+            ``landmarks.tsv``, the template where an image has none), where occluders are placed; None: the
+            template for every image.
     """
 
     names: list[str]
@@ -66,6 +71,7 @@ class EvalImages:
     blobs: list[bytes] | None = None
     size: int = FACE_SIZE
     resize: bool = False
+    landmarks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -146,7 +152,8 @@ class EvalSet:
         images = EvalImages(names=[self.images.names[k] for k in keep],
                             paths=None if self.images.paths is None else [self.images.paths[k] for k in keep],
                             blobs=None if self.images.blobs is None else [self.images.blobs[k] for k in keep],
-                            size=self.images.size, resize=self.images.resize)
+                            size=self.images.size, resize=self.images.resize,
+                            landmarks=None if self.images.landmarks is None else self.images.landmarks[keep])
         pairs: dict[str, np.ndarray | None] = {"pair_i": None, "pair_j": None, "issame": self.issame}
         dropped = 0
         if self.pair_i is not None and self.pair_j is not None:
@@ -209,17 +216,10 @@ def folder_set(root: str | os.PathLike[str], size: int = FACE_SIZE, resize: bool
         FileNotFoundError: If ``root`` is not a folder.
         DataError: If there are fewer than 2 images with an identity.
     """
-    root = Path(root)
-    files = list_images(root)
-    loose = [p for p in files if len(p.relative_to(root).parts) < 2]
-    if loose:
-        logger.warning("%d images directly in %s have no identity folder; skipped (e.g. %s)", len(loose), root,
-                       loose[0].name)
-    files = [p for p in files if len(p.relative_to(root).parts) >= 2]
+    files, identities = labelled_images(root)
     if len(files) < 2:
         raise DataError(f"{root}: found {len(files)} images in identity folders; expected "
                         f"root/<identity>/<image> with at least 2 images")
-    identities = [p.relative_to(root).parts[0] for p in files]
     names = sorted(set(identities))
     labels = np.searchsorted(np.array(names), np.array(identities)).astype(np.int64)
     images = EvalImages(names=[str(p) for p in files], paths=[str(p) for p in files], size=size, resize=resize)
@@ -232,41 +232,54 @@ def _exists(root: Path, rel: str) -> bool:
 
 
 def pairs_set(root: str | os.PathLike[str], pairs_path: str | os.PathLike[str], size: int = FACE_SIZE,
-              resize: bool = False) -> EvalSet:
-    """The pairs of an LFW-format pairs file, resolved under ``root``; pairs with a missing image are skipped.
+              resize: bool = False, pairs_format: str = "auto") -> EvalSet:
+    """The pairs of a pairs file (LFW format or a "path_a path_b label" list), resolved under ``root``.
+
+    Pairs of an LFW file with a missing image are skipped (with a warning); a list must name existing files.
 
     Raises:
         FileNotFoundError: If ``root`` or the pairs file does not exist.
-        DataError: On a malformed pairs file, or when no pair has both images.
+        DataError: On a malformed pairs file, a missing file of a list, or when no pair has both images.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    pairs = parse_pairs(pairs_path)
-    present = {rel: _exists(root, rel) for pair in pairs for rel in (pair.path_a, pair.path_b)}
-    missing = sorted(str(Path(rel).with_suffix("")) for rel, ok in present.items() if not ok)
-    kept = [p for p in pairs if present[p.path_a] and present[p.path_b]]
-    if missing:
-        shown = ", ".join(missing[:_SHOW_MISSING]) + (" ..." if len(missing) > _SHOW_MISSING else "")
-        logger.warning("%s: %d images named by the pairs file are absent under %s: %s; skipped the %d pairs that "
-                       "use them", pairs_path, len(missing), root, shown, len(pairs) - len(kept))
-    if not kept:
-        raise DataError(f"{pairs_path}: none of the {len(pairs)} pairs has both images under {root}")
-    resolved: list[Pair] = resolve_pairs(kept, root)
+    pairs, kind = read_pairs(pairs_path, pairs_format)
+    missing: list[str] = []
+    if kind == "list":
+        resolved = resolve_pair_list(pairs, root, pairs_path)
+        kept = pairs
+    else:
+        present = {rel: _exists(root, rel) for pair in pairs for rel in (pair.path_a, pair.path_b)}
+        missing = sorted(str(Path(rel).with_suffix("")) for rel, ok in present.items() if not ok)
+        kept = [p for p in pairs if present[p.path_a] and present[p.path_b]]
+        if missing:
+            shown = ", ".join(missing[:_SHOW_MISSING]) + (" ..." if len(missing) > _SHOW_MISSING else "")
+            logger.warning("%s: %d images named by the pairs file are absent under %s: %s; skipped the %d pairs "
+                           "that use them", pairs_path, len(missing), root, shown, len(pairs) - len(kept))
+        if not kept:
+            raise DataError(f"{pairs_path}: none of the {len(pairs)} pairs has both images under {root}")
+        resolved = resolve_pairs(kept, root)
     index: dict[str, int] = {}
     for pair in resolved:
         for path in (pair.path_a, pair.path_b):
             index.setdefault(path, len(index))
     paths = list(index)
-    root_abs = root.resolve()
-    identities = [Path(p).relative_to(root_abs).parts[0] if len(Path(p).relative_to(root_abs).parts) > 1 else ""
-                  for p in paths]
     images = EvalImages(names=paths, paths=paths, size=size, resize=resize)
-    return EvalSet(images=images, identities=identities, mode="pairs_file", source=str(root),
-                   pair_i=np.array([index[p.path_a] for p in resolved], np.int64),
+    return EvalSet(images=images, identities=[_identity(root.resolve(), p) for p in paths], mode="pairs_file",
+                   source=str(root), pair_i=np.array([index[p.path_a] for p in resolved], np.int64),
                    pair_j=np.array([index[p.path_b] for p in resolved], np.int64),
                    issame=np.array([p.same for p in resolved], bool), missing_images=missing,
                    skipped_pairs=len(pairs) - len(kept), pairs_path=str(pairs_path))
+
+
+def _identity(root: Path, path: str) -> str:
+    """The first folder level of ``path`` below ``root``, or "" for an image directly in it or outside it."""
+    try:
+        parts = Path(path).relative_to(root).parts
+    except ValueError:
+        return ""
+    return parts[0] if len(parts) > 1 else ""
 
 
 def bin_set(path: str | os.PathLike[str], size: int = FACE_SIZE, resize: bool = False) -> EvalSet:
@@ -287,12 +300,42 @@ def bin_set(path: str | os.PathLike[str], size: int = FACE_SIZE, resize: bool = 
                    issame=np.asarray(issame, bool))
 
 
+def attach_landmarks(images: EvalImages, root: str | os.PathLike[str]) -> EvalImages:
+    """``images`` with the landmarks of ``root/landmarks.tsv`` (``oaml align``'s), mapped into each crop, scaled
+    to ``images.size``; the template for images the file does not list. Unchanged without the file or paths.
+
+    Raises:
+        DataError: On a malformed ``landmarks.tsv`` (naming the line).
+    """
+    root = Path(root)
+    if images.paths is None or not (root / "landmarks.tsv").is_file():
+        return images
+    table = aligned_landmarks(root, images.size)
+    template = ARCFACE_TEMPLATE.astype(np.float64) * (images.size / FACE_SIZE)
+    base = root.resolve()
+    points = np.stack([table.get(_relative(base, path), template) for path in images.paths])
+    found = sum(_relative(base, path) in table for path in images.paths)
+    logger.info("occluders follow %s/landmarks.tsv: %d of %d images listed (the template for the rest)", root,
+                found, len(images))
+    return dataclasses.replace(images, landmarks=points)
+
+
+def _relative(root: Path, path: str) -> str:
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return ""
+
+
 def load_eval_set(data_path: str | os.PathLike[str], pairs_path: str | os.PathLike[str] | None = None,
-                  size: int = FACE_SIZE, resize: bool = False, skip_bad: bool = False) -> EvalSet:
-    """Dispatch on the input: a ``.bin`` file, a folder with a pairs file, or a folder (all pairs).
+                  size: int = FACE_SIZE, resize: bool = False, skip_bad: bool = False,
+                  pairs_format: str = "auto", landmarks: bool = True) -> EvalSet:
+    """Dispatch on the input: a ``.bin`` file, a folder with a pairs file (``pairs_format``: see
+    :data:`oaml.data.pairs.PAIRS_FORMATS`), or a folder (all pairs).
 
     The image sizes are checked up front (see :func:`check_image_sizes`). With ``skip_bad`` every image is decoded
     first, and those that cannot be used are left out with their pairs and listed in :attr:`EvalSet.bad_images`.
+    With ``landmarks``, a folder's ``landmarks.tsv`` places the occluders (:func:`attach_landmarks`).
 
     Raises:
         FileNotFoundError: If a path does not exist.
@@ -304,9 +347,11 @@ def load_eval_set(data_path: str | os.PathLike[str], pairs_path: str | os.PathLi
             raise DataError(f"--pairs cannot be combined with a .bin file ({data_path}); it lists its own pairs")
         data = bin_set(data_path, size, resize)
     elif pairs_path is not None:
-        data = pairs_set(data_path, pairs_path, size, resize)
+        data = pairs_set(data_path, pairs_path, size, resize, pairs_format)
     else:
         data = folder_set(data_path, size, resize)
+    if landmarks and data.mode != "bin":
+        data = dataclasses.replace(data, images=attach_landmarks(data.images, data_path))
     if skip_bad:
         bad = find_bad_images(data.images)
         if bad:

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from oaml.evaluation.api import FaceRecognizer
     from oaml.evaluation.eval_data import EvalSet
 
-__all__ = ["ProtocolScores", "build_results", "console_rows", "far_key", "method_rocs", "write_plots", "write_report"]
+__all__ = ["ProtocolScores", "build_results", "calibration_rows", "console_rows", "far_key", "method_rocs",
+           "write_plots", "write_report"]
 
 SCORE_DESCRIPTIONS = {
     "adaface": "cosine similarity of flip-fused AdaFace embeddings normalise(n1 e1 + n2 e2)",
@@ -36,6 +37,9 @@ SCORE_DESCRIPTIONS = {
 _SHOW_MISSING = 20  # missing images named in report.md
 _MASK_SIDE = {"all_pairs": "probe i of every pair i < j (masked i vs clean j)",
               "pairs_file": "second image of every listed pair", "bin": "second image (2k + 1) of every pair"}
+_SIDES = {"all_pairs": ("probe i", "gallery j"), "pairs_file": ("first image", "second image"),
+          "bin": ("first image (2k)", "second image (2k + 1)")}
+_CALIBRATION_KEYS = ("auc", "mae", "inside", "outside")
 
 
 @dataclass
@@ -77,7 +81,7 @@ def _method_entry(name: str, protocol: str, scores: np.ndarray, issame: np.ndarr
     for far, point in tar_at_far(curve, fars=fars).items():
         points[far_key(far)] = ({"tar": point.tar, "threshold": point.threshold, "far_achieved": point.far_achieved}
                                 if isinstance(point, TarPoint) else {"omitted": point.reason})
-    entry = {"protocol": protocol, "score": SCORE_DESCRIPTIONS[name.removesuffix("_masked")],
+    entry = {"protocol": protocol, "score": SCORE_DESCRIPTIONS[name.split("_", 1)[0]],
              **curve.to_dict(), "tar_at_far": points,
              "genuine_scores": _score_stats(scores[issame]), "impostor_scores": _score_stats(scores[~issame])}
     if ten_fold is not None:
@@ -94,11 +98,27 @@ def _data_facts(data: EvalSet, issame: np.ndarray) -> dict[str, Any]:
             "missing_images": list(data.missing_images), "bad_images": list(data.bad_images)}
 
 
+def _protocol_facts(name: str, mode: str, seed: int) -> dict[str, Any]:
+    """Which image of every pair each occluder of protocol ``name`` covers (``mask+sunglasses``, ``sunglasses``)."""
+    first, _, second = name.rpartition("+")
+    if not first and mode == "all_pairs":
+        first, second = second, ""  # all pairs: a one-sided occluder goes on probe i
+    sides = _SIDES[mode]
+    covered = [f"{occluder} on the {side}" for occluder, side in zip((first, second), sides)
+               if occluder and occluder != "none"]
+    return {"first": first or None, "second": second or None, "seed": seed, "side": "; ".join(covered),
+            "occluder": "oaml.data.occluders.seeded_occlusion(image, name, seed, image index, landmarks)"}
+
+
 def build_results(recognizer: FaceRecognizer, data: EvalSet, protocols: Mapping[str, ProtocolScores],
                   rocs: Mapping[str, RocResult], *, options: Mapping[str, Any], fars: Sequence[float],
                   started_at: _dt.datetime, timings: Mapping[str, float], resources: Mapping[str, float],
-                  fusion_note: str) -> dict[str, Any]:
-    """The content of ``results.json`` (plain types after :func:`oaml.evaluation.report.to_jsonable`)."""
+                  fusion_note: str, calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The content of ``results.json`` (plain types after :func:`oaml.evaluation.report.to_jsonable`).
+
+    ``calibration`` maps a protocol (or ``occlusion.npz``) to the occlusion head's calibration (see
+    :mod:`oaml.evaluation.protocols`).
+    """
     from oaml import __version__
 
     info = recognizer.info
@@ -123,6 +143,9 @@ def build_results(recognizer: FaceRecognizer, data: EvalSet, protocols: Mapping[
         "masked_protocol": ({"side": _MASK_SIDE[data.mode], "seed": options["mask_seed"],
                              "mask": "oaml.data.masks.apply_medical_mask, rng = default_rng((seed, image index))"}
                             if "masked" in protocols else None),
+        "occlusion_protocols": {key: _protocol_facts("mask" if key == "masked" else key, data.mode,
+                                                     options["mask_seed"]) for key in protocols if key != "clean"},
+        "occlusion_head": dict(calibration or {}),
         "methods": methods,
     }
     if data.mode == "all_pairs":
@@ -189,10 +212,41 @@ def _notes(results: Mapping[str, Any]) -> list[str]:
     if results.get("masked_protocol"):
         masked = results["masked_protocol"]
         notes.append(f"- `_masked` methods: synthetic mask on the {masked['side']}; seed {masked['seed']}.")
+    for key, facts in results.get("occlusion_protocols", {}).items():
+        if key != "masked":
+            notes.append(f"- `_{key}` methods: {facts['side']}; seed {facts['seed']}.")
     if results.get("ten_fold_note"):
         notes.append(f"- {results['ten_fold_note']}.")
     notes.append("- Genuine pairs are i < j with the same identity (never i = j); impostors i < j otherwise.")
     return notes
+
+
+def _calibration_cells(stats: Mapping[str, Any]) -> list[str]:
+    if "omitted" in stats:
+        return ["n/a"] * len(_CALIBRATION_KEYS) + [f"omitted: {stats['omitted']}"]
+    cells = ["n/a" if not np.isfinite(stats[key]) else f"{stats[key]:.4f}" for key in _CALIBRATION_KEYS]
+    return cells + [f"{int(stats['occluded_cells'])} of {int(stats['cells'])} cells occluded"]
+
+
+def _calibration_lines(calibration: Mapping[str, Any]) -> list[str]:
+    """The report's table of the occlusion head against the true occlusion (empty without one)."""
+    if not calibration:
+        return []
+    lines = ["", "## Occlusion head against the true occlusion", "",
+             "Cells of the 7x7 map under less than half visible are occluded. AUC: occluded vs visible cells "
+             "ranked by predicted visibility; MAE: |predicted - true visible fraction|; inside / outside: mean "
+             "predicted visibility over the occluded / visible cells.", "",
+             "| protocol | AUC | MAE | inside | outside | cells |", "|---|---:|---:|---:|---:|---|"]
+    lines += [f"| {name} | " + " | ".join(_calibration_cells(stats)) + " |" for name, stats in calibration.items()]
+    return lines
+
+
+def calibration_rows(results: Mapping[str, Any]) -> tuple[list[list[Any]], list[str]]:
+    """Rows and headers of the console table of the occlusion head's calibration (empty without one)."""
+    rows = [[name, *(stats.get(key, "n/a") for key in _CALIBRATION_KEYS),
+             stats.get("omitted", f"{int(stats['occluded_cells'])}/{int(stats['cells'])} cells occluded")]
+            for name, stats in results.get("occlusion_head", {}).items()]
+    return rows, ["occlusion head", "AUC", "MAE", "inside", "outside", "note"]
 
 
 def write_report(results: Mapping[str, Any], rocs: Mapping[str, RocResult],
@@ -202,7 +256,7 @@ def write_report(results: Mapping[str, Any], rocs: Mapping[str, RocResult],
     out = Path(output_dir)
     text = markdown_report(rocs, fars=fars, accuracy_by_method=accuracies or None,
                            provenance=_provenance_lines(results), title="oaml evaluation report")
-    text += "\n".join(_notes(results)) + "\n"
+    text += "\n".join(_calibration_lines(results.get("occlusion_head", {})) + _notes(results)) + "\n"
     report = out / "report.md"
     with atomic_write(report, "w", encoding="utf-8") as handle:
         handle.write(text)

@@ -289,6 +289,9 @@ class PairScores:
         issame: ground truth.
         dist_adaface: squared distance of the flip-fused unit embeddings.
         score_qaconv: flip-averaged QAConv logit (higher is same), or None when QAConv is disabled.
+        visibility_predicted: ``N x 2 x 7 x 7`` visibility the occlusion head predicts for the first and the
+            second image of each pair, or None when it is not asked for.
+        visibility_true: ``N x 2 x 7 x 7`` true visible fractions of the same cells, or None.
     """
 
     pair_index: np.ndarray
@@ -296,6 +299,8 @@ class PairScores:
     issame: np.ndarray
     dist_adaface: np.ndarray
     score_qaconv: np.ndarray | None
+    visibility_predicted: np.ndarray | None = None
+    visibility_true: np.ndarray | None = None
 
     @staticmethod
     def concatenate(parts: Sequence[PairScores]) -> PairScores:
@@ -312,22 +317,24 @@ class PairScores:
     @staticmethod
     def from_gathered(gathered: dict[str, Tensor]) -> PairScores:
         """Inverse of :meth:`as_tensor_dict` after ``all_gather`` added a leading rank dimension."""
-        arrays = {name: value.reshape(-1).cpu().numpy() for name, value in gathered.items()}
+        arrays = {name: value.flatten(0, 1).cpu().numpy() for name, value in gathered.items()}
         return PairScores(score_qaconv=arrays.pop("score_qaconv", None), **arrays)
 
     def deduplicated(self) -> PairScores:
         """The pairs sorted by ``pair_index`` with repeats removed (first occurrence kept; DDP pads with repeats)."""
         _, first = np.unique(self.pair_index, return_index=True)
-        pick = lambda a: None if a is None else a[first]  # noqa: E731
-        return PairScores(self.pair_index[first], self.set_index[first], self.issame[first],
-                          self.dist_adaface[first], pick(self.score_qaconv))
+        return PairScores(**{item.name: None if getattr(self, item.name) is None else getattr(self, item.name)[first]
+                             for item in fields(self)})
 
 
 @torch.no_grad()
 def score_pair_batch(backbone: IResNet, occlusion_head: OcclusionHead | None, qaconv: nn.Module | None, images: Tensor,
                      issame: Tensor, set_index: Tensor, global_index: Tensor, occlusion_aware: bool,
-                     gate: bool = False) -> PairScores:
+                     gate: bool = False, visibility: Tensor | None = None) -> PairScores:
     """Score the pairs (2k, 2k+1) of one verification batch of normalised faces (validation and test).
+
+    With ``visibility`` (the ``B x 7 x 7`` true visible fractions) and an ``occlusion_head``, the head's predicted
+    maps of the (unmirrored) images are kept next to the truth, for its calibration; the scores are the same.
 
     Raises:
         ValueError: if the batch does not hold whole pairs (odd size, or it starts on a second image).
@@ -335,14 +342,20 @@ def score_pair_batch(backbone: IResNet, occlusion_head: OcclusionHead | None, qa
     if images.shape[0] % 2 or int(global_index[0]) % 2:
         raise ValueError(f"validation batches must hold whole pairs; got {images.shape[0]} images starting at "
                          f"image {int(global_index[0])}: use an even batch size and a sequential sampler")
-    feats = embed_views(backbone, occlusion_head if occlusion_aware or gate else None, images,
-                        with_maps=qaconv is not None, gate=gate)
+    calibrate = visibility is not None and occlusion_head is not None
+    feats = embed_views(backbone, occlusion_head if occlusion_aware or gate or calibrate else None, images,
+                        with_maps=qaconv is not None or calibrate, gate=gate)
     first = torch.arange(0, images.shape[0], 2, device=images.device)
     second = first + 1
     dist = squared_distances(feats.embedding[first], feats.embedding[second]).float().cpu()
     score = None if qaconv is None else qaconv_paired(qaconv, feats, feats, first, second, occlusion_aware).numpy()
-    return PairScores(pair_index=(global_index[0::2] // 2).cpu().numpy(), set_index=set_index[0::2].cpu().numpy(),
-                      issame=issame[0::2].cpu().numpy().astype(bool), dist_adaface=dist.numpy(), score_qaconv=score)
+    scores = PairScores(pair_index=(global_index[0::2] // 2).cpu().numpy(), set_index=set_index[0::2].cpu().numpy(),
+                        issame=issame[0::2].cpu().numpy().astype(bool), dist_adaface=dist.numpy(), score_qaconv=score)
+    if calibrate and feats.occlusion is not None and visibility is not None:
+        cells = visibility.shape[-2:]
+        scores.visibility_predicted = feats.occlusion.float().cpu().numpy().reshape(-1, 2, *cells)
+        scores.visibility_true = visibility.float().cpu().numpy().reshape(-1, 2, *cells)
+    return scores
 
 
 def summarise_pairs(scores: PairScores, set_names: Sequence[str], weights: tuple[float, float] = (0.5, 0.5),

@@ -4,6 +4,11 @@ Every identity is ``<dataset>/<identity folder>``, so two datasets may use the s
 per dataset (stratified), so that every dataset contributes held-out identities; the held-out pairs are all genuine
 pairs of the held-out identities plus as many impostor pairs, drawn and shuffled with the split seed only, so that
 every configuration and training seed is scored on exactly the same pairs.
+
+Settings are chosen on a *validation split of the training identities* (:func:`validation_split`): training
+identities are split again, the models train on the rest and are scored on the validation identities; the
+held-out identities are not touched until the settings are fixed. :func:`benchmark_pairs` adds the official LFW
+View-2 pairs whose two people are both unseen in training.
 """
 
 from __future__ import annotations
@@ -19,13 +24,18 @@ import numpy as np
 from oaml.data.images import identity_images
 from oaml.errors import ConfigError, DataError
 
-__all__ = ["DEFAULT_DATASETS", "HeldOutPairs", "Identity", "Split", "default_roots", "discover_identities",
-           "held_out_pairs", "link_train_folder", "split_identities"]
+__all__ = ["DEFAULT_DATASETS", "VIEW2_DATASET", "BenchmarkPairs", "HeldOutPairs", "Identity", "Split",
+           "benchmark_pairs", "default_roots", "discover_identities", "held_out_pairs", "link_train_folder",
+           "shared_data", "split_identities", "validation_split"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATASETS = ("att_faces_arcface112", "lfw_subset10_arcface112", "dlib_johns_arcface112")
-"""Aligned identity folders of ``../shared/data`` the study uses by default (those present)."""
+DEFAULT_DATASETS = ("att_faces_arcface112", "dlib_johns_arcface112", "lfw_min10_arcface112")
+"""Aligned identity folders of ``../shared/data`` the study uses by default (those present). ``lfw_subset10`` is not
+among them: its 10 people are all in ``lfw_min10`` (its SOURCE.txt)."""
+
+VIEW2_DATASET = "lfw_view2_arcface112"
+"""The official LFW View-2 benchmark, aligned (6,000 pairs); it shares people with ``lfw_min10``."""
 
 _SHARED_ENV = "OAML_SHARED_DATA"
 
@@ -81,10 +91,14 @@ class HeldOutPairs:
         return int(self.issame.shape[0] - self.num_genuine)
 
 
+def shared_data() -> Path:
+    """``$OAML_SHARED_DATA``, default ``../shared/data``."""
+    return Path(os.environ.get(_SHARED_ENV, Path("..") / "shared" / "data"))
+
+
 def default_roots() -> list[Path]:
-    """The default datasets under ``$OAML_SHARED_DATA`` (default ``../shared/data``) that exist."""
-    base = Path(os.environ.get(_SHARED_ENV, Path("..") / "shared" / "data"))
-    return [base / name for name in DEFAULT_DATASETS if (base / name).is_dir()]
+    """The default datasets under :func:`shared_data` that exist."""
+    return [shared_data() / name for name in DEFAULT_DATASETS if (shared_data() / name).is_dir()]
 
 
 def discover_identities(roots: list[Path]) -> list[Identity]:
@@ -139,6 +153,13 @@ def split_identities(identities: list[Identity], test_fraction: float, seed: int
     return Split(seed, tuple(train), tuple(test))
 
 
+def validation_split(split: Split, fraction: float) -> Split:
+    """Split the *training* identities of ``split`` again: train on the rest, choose settings on the validation
+    identities (returned as ``test``). Seeded by the split's seed, so it is fixed per split."""
+    inner = split_identities(list(split.train), fraction, split.seed + 1_000_003)
+    return Split(split.seed, inner.train, inner.test)
+
+
 def held_out_pairs(test: tuple[Identity, ...], seed: int) -> HeldOutPairs:
     """All genuine pairs ``i < j`` of the held-out identities and an equal number of distinct impostor pairs.
 
@@ -167,3 +188,46 @@ def link_train_folder(train: tuple[Identity, ...], folder: Path) -> Path:
     for identity in train:
         (folder / f"{identity.dataset}__{identity.name}").symlink_to(identity.folder, target_is_directory=True)
     return folder
+
+
+@dataclass(frozen=True)
+class BenchmarkPairs:
+    """The pairs of a published benchmark that the study can score as held-out pairs.
+
+    Attributes:
+        name: the benchmark folder's name.
+        pairs: the kept pairs, in file order.
+        total: pairs in the benchmark's list.
+        dropped: pairs left out because one of their people is a training identity.
+    """
+
+    name: str
+    pairs: HeldOutPairs
+    total: int
+    dropped: int
+
+
+def benchmark_pairs(root: Path, train: tuple[Identity, ...]) -> BenchmarkPairs:
+    """The pairs of ``root/pairs.txt`` (LFW format) whose two people are both unseen in training.
+
+    A person is seen when an LFW-derived training identity has its name (folder names are the people's names in
+    every LFW-derived set), so the kept pairs are held out by identity, not only by image.
+
+    Raises:
+        DataError: if the list names missing images, or no pair is left.
+    """
+    from oaml.data.pairs import parse_pairs, resolve_pairs
+
+    listed = resolve_pairs(parse_pairs(root / "pairs.txt"), root)
+    seen = {identity.name for identity in train if identity.dataset.startswith("lfw")}
+    kept = [p for p in listed if Path(p.path_a).parent.name not in seen and Path(p.path_b).parent.name not in seen]
+    if not kept:
+        raise DataError(f"{root}: every pair of pairs.txt shows a training identity; nothing is held out")
+    paths = tuple(dict.fromkeys(path for p in kept for path in (p.path_a, p.path_b)))
+    row = {path: k for k, path in enumerate(paths)}
+    people = {name: k for k, name in enumerate(dict.fromkeys(Path(path).parent.name for path in paths))}
+    labels = np.array([people[Path(path).parent.name] for path in paths], np.int64)
+    first = np.array([row[p.path_a] for p in kept], np.int64)
+    second = np.array([row[p.path_b] for p in kept], np.int64)
+    pairs = HeldOutPairs(paths, labels, first, second, np.array([p.same for p in kept], bool))
+    return BenchmarkPairs(root.name, pairs, len(listed), len(listed) - len(kept))

@@ -12,7 +12,7 @@
 3. scores the held-out identities with the standalone evaluator's functions in two protocols, clean-vs-clean and
    masked-vs-clean (a deterministic synthetic mask on the second image of every pair): 10-fold accuracy and
    TAR@FAR=1e-2 for AdaFace, QAConv and their fusion; for the variant that trains the occlusion head it also
-   compares the predicted 7x7 visibility with the true mask;
+   compares the predicted 7x7 visibility with the true mask (:func:`oaml.evaluation.calibration.head_calibration`);
 4. writes ``results.md``, ``results.json`` and the figures (:mod:`oaml.study.report`).
 
 Runs go to ``--work-dir`` (each with its ``run.log``, ``metrics.csv`` and checkpoint); ``--jobs`` runs train side by
@@ -38,12 +38,12 @@ from typing import Any
 import numpy as np
 
 from oaml.errors import ConfigError, DataError
-from oaml.study.data import (HeldOutPairs, Split, default_roots, discover_identities, held_out_pairs,
+from oaml.study.data import (DEFAULT_DATASETS, HeldOutPairs, Split, default_roots, discover_identities, held_out_pairs,
                              link_train_folder, split_identities)
 from oaml.study.options import IMAGES_PER_IDENTITY, FAR, METHODS, VARIANTS, StudyOptions, Variant, threads_per_run
 from oaml.study.report import write_study
 
-__all__ = ["occlusion_separation", "run_config", "run_study", "steps_per_epoch"]
+__all__ = ["run_config", "run_study", "steps_per_epoch"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,47 +106,11 @@ def _output_to(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
-def occlusion_separation(predicted_masked: np.ndarray, predicted_clean: np.ndarray,
-                         true_grids: np.ndarray) -> dict[str, float]:
-    """How well predicted 7x7 visibility maps separate the mask from the visible face.
-
-    Args:
-        predicted_masked: N x 7 x 7 maps predicted on the masked images.
-        predicted_clean: N x 7 x 7 maps predicted on the same images without the mask.
-        true_grids: N x 7 x 7 visible fraction of each cell under the mask
-            (:func:`oaml.data.masks.visibility_grid`).
-
-    Returns:
-        ``inside`` (mean prediction over cells less than half visible), ``outside`` (cells at least half
-        visible), ``clean_same_cells`` (the ``inside`` cells of the clean images: high when the head looks at the
-        mask rather than at the position), ``clean_all``, ``mae`` and ``mse`` (masked maps vs the true grids),
-        ``mse_all_visible`` (the MSE of a head that always predicts 1) and ``auc`` (the probability that a visible
-        cell is predicted more visible than an occluded one; ties count one half).
-    """
-    from oaml.evaluation.verification import roc
-
-    inside = true_grids < 0.5
-    if not inside.any() or inside.all():
-        raise ValueError("the true grids need both occluded and visible cells")
-    return {"inside": float(predicted_masked[inside].mean()), "outside": float(predicted_masked[~inside].mean()),
-            "clean_same_cells": float(predicted_clean[inside].mean()), "clean_all": float(predicted_clean.mean()),
-            "mae": float(np.abs(predicted_masked - true_grids).mean()),
-            "mse": float(np.square(predicted_masked - true_grids).mean()),
-            "mse_all_visible": float(np.square(1.0 - true_grids).mean()),
-            "auc": roc(predicted_masked.ravel(), ~inside.ravel()).auc}
-
-
-def true_mask_grids(images: Any, mask_seed: int) -> np.ndarray:
-    """The 7x7 visible fraction of the evaluator's deterministic mask on every image (same draw, same seed)."""
-    from oaml.data.masks import seeded_mask, visibility_grid
-
-    return visibility_grid(np.stack([seeded_mask(images.read(k), mask_seed, k)[1] for k in range(len(images))]))
-
-
 def _evaluate(checkpoint: Path, pairs: HeldOutPairs, mask_seed: int, occlusion: bool,
               figure_rows: tuple[int, ...]) -> dict[str, Any]:
     from oaml.evaluation.api import load_model
-    from oaml.evaluation.embed import extract_features
+    from oaml.evaluation.calibration import head_calibration
+    from oaml.evaluation.embed import extract_features, extract_occluded
     from oaml.evaluation.eval_data import EvalImages
     from oaml.evaluation.evaluate import EvalOptions, score_protocol
     from oaml.evaluation.verification import KFoldResult, TarPoint, tar_at_far
@@ -154,7 +118,7 @@ def _evaluate(checkpoint: Path, pairs: HeldOutPairs, mask_seed: int, occlusion: 
     recognizer = load_model(checkpoint)
     images = EvalImages(names=list(pairs.paths), paths=list(pairs.paths))
     clean = extract_features(recognizer, images, progress=False)
-    masked = extract_features(recognizer, images, mask_seed=mask_seed, progress=False)
+    masked, grids = extract_occluded(recognizer, images, occluder="mask", seed=mask_seed, progress=False)
     options = EvalOptions(progress=False)
     args = (pairs.first, pairs.second, pairs.issame, options)
     protocols = {"clean": score_protocol(recognizer, clean, clean, *args),
@@ -171,9 +135,8 @@ def _evaluate(checkpoint: Path, pairs: HeldOutPairs, mask_seed: int, occlusion: 
                                          "tar": tar.tar if isinstance(tar, TarPoint) else None}
     out: dict[str, Any] = {"metrics": metrics}
     if occlusion and masked.occlusion is not None and clean.occlusion is not None:
-        grids = true_mask_grids(images, mask_seed)
         pred_masked, pred_clean = masked.occlusion[:, 0].numpy(), clean.occlusion[:, 0].numpy()
-        out["occlusion"] = occlusion_separation(pred_masked, pred_clean, grids)
+        out["occlusion"] = head_calibration(pred_masked, grids, pred_clean)
         out["occlusion_maps"] = {"masked": pred_masked.mean(0).tolist(), "clean": pred_clean.mean(0).tolist(),
                                  "true": grids.mean(0).tolist()}
         rows = list(figure_rows)
@@ -278,7 +241,7 @@ def run_study(options: StudyOptions) -> dict[str, Path]:
     roots = [Path(r) for r in options.roots] or default_roots()
     if not roots:
         raise DataError("no study data: pass aligned identity folders, or provide ../shared/data (or set "
-                        "OAML_SHARED_DATA) with att_faces_arcface112, lfw_subset10_arcface112, dlib_johns_arcface112")
+                        "OAML_SHARED_DATA) with " + ", ".join(DEFAULT_DATASETS))
     identities = discover_identities(roots)
     work = Path(options.work_dir).resolve()
     threads = threads_per_run(options.jobs)

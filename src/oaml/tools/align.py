@@ -3,7 +3,8 @@
 For every image under the source folder (identity sub-folders at any depth, or a flat folder) five landmarks
 (eye centres, nose tip, mouth corners) are detected with MTCNN (:mod:`oaml.tools._mtcnn`, optional extra
 ``mtcnn``) or read from a landmarks TSV; the least-squares similarity transform that maps them onto
-:data:`oaml.constants.ARCFACE_TEMPLATE` is fitted (Umeyama 1991, :func:`similarity_transform`), and the
+:data:`oaml.constants.ARCFACE_TEMPLATE` is fitted (Umeyama 1991,
+:func:`oaml.data.landmarks.similarity_transform`), and the
 image is warped with ``cv2.warpAffine`` (bilinear, black border). The folder structure is kept.
 
 Outputs in the destination folder, besides the crops:
@@ -33,6 +34,7 @@ import numpy as np
 
 from oaml.constants import ARCFACE_TEMPLATE, FACE_SIZE
 from oaml.data.images import PHOTO_EXTENSIONS, list_images
+from oaml.data.landmarks import LANDMARK_COLUMNS, similarity_transform, transform_points
 from oaml.errors import ConfigError, DataError
 from oaml.fileio import atomic_write
 
@@ -52,62 +54,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-"""File suffixes (case-insensitive) that ``oaml align`` treats as images."""
-
-LANDMARK_COLUMNS: tuple[str, ...] = ("lex", "ley", "rex", "rey", "nx", "ny", "lmx", "lmy", "rmx", "rmy")
-"""TSV columns of the five landmarks: left eye, right eye, nose tip, left and right mouth corner (x, y)."""
-
 _SYNTHETIC_COLUMNS = tuple(f"{name}_{axis}" for name in ("left_eye", "right_eye", "nose", "mouth_left",
                                                          "mouth_right") for axis in "xy")
 _JPEG_QUALITY = 95
 _MAX_LOGGED_FAILURES = 10  # the rest are in failed.txt
 Select = Literal["largest", "central"]
 _Locate = Callable[[str, np.ndarray], tuple[np.ndarray | None, float, str]]  # (path, image) -> landmarks
-
-
-def similarity_transform(src: np.ndarray, dst: np.ndarray = ARCFACE_TEMPLATE) -> np.ndarray:
-    """Least-squares similarity transform (rotation, uniform scale, translation) mapping ``src`` onto ``dst``.
-
-    Umeyama, "Least-squares estimation of transformation parameters between two point patterns", IEEE
-    TPAMI 1991: with centred point sets, the rotation comes from the SVD of their covariance (a reflection
-    is excluded by flipping the sign of the last singular direction when the determinant is negative), the
-    scale is trace(D S) / var(src) and the translation maps the centroids onto each other.
-
-    Args:
-        src: N x 2 source points (N >= 2).
-        dst: N x 2 target points.
-
-    Returns:
-        2 x 3 float64 matrix ``M`` with ``dst ~ M[:, :2] @ p + M[:, 2]``, as ``cv2.warpAffine`` expects.
-
-    Raises:
-        DataError: if the points are not N x 2 with N >= 2, are not finite, or all coincide.
-    """
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    if src.ndim != 2 or src.shape[1] != 2 or src.shape != dst.shape or len(src) < 2:
-        raise DataError(f"similarity_transform needs two N x 2 point sets (N >= 2), got {src.shape} and {dst.shape}")
-    if not (np.isfinite(src).all() and np.isfinite(dst).all()):
-        raise DataError("similarity_transform: landmarks contain NaN or infinity")
-    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
-    src_c, dst_c = src - src_mean, dst - dst_mean
-    src_var = float((src_c**2).sum() / len(src))
-    if src_var <= 1e-12:
-        raise DataError("similarity_transform: all source landmarks coincide")
-    cov = dst_c.T @ src_c / len(src)
-    u, sigma, vt = np.linalg.svd(cov)
-    sign = np.array([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
-    rotation = u @ np.diag(sign) @ vt
-    scale = float((sigma * sign).sum() / src_var)
-    matrix = np.empty((2, 3))
-    matrix[:, :2] = scale * rotation
-    matrix[:, 2] = dst_mean - scale * rotation @ src_mean
-    return matrix
-
-
-def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a 2 x 3 affine matrix to N x 2 points."""
-    points = np.asarray(points, np.float64)
-    return points @ matrix[:, :2].T + matrix[:, 2]
 
 
 def align_image(image: np.ndarray, landmarks: np.ndarray, size: int = FACE_SIZE) -> tuple[np.ndarray, float]:

@@ -20,6 +20,7 @@ from oaml.config import OamlConfig
 from oaml.errors import ConfigError
 from oaml.constants import VAL_SET_NAMES
 from oaml.data.datamodule import FaceDataModule, TrainData, VerificationData
+from oaml.data.occluders import OcclusionProtocol, parse_protocols
 from oaml.data.transforms import TrainTransform
 from oaml.devices import check_gpu_count
 from oaml.fileio import cache_root, is_writable_dir
@@ -34,7 +35,7 @@ from oaml.training.objective import TrainingObjective
 from oaml.training.system import OamlSystem, OptimSettings
 
 __all__ = ["build_datamodule", "build_loss", "build_model", "build_objective", "build_system", "build_trainer",
-           "check_data_paths", "checkpoint_meta", "data_paths", "val_check_interval", "world_size"]
+           "check_data_paths", "checkpoint_meta", "data_paths", "val_check_interval", "val_protocols", "world_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +94,12 @@ def build_datamodule(config: OamlConfig) -> FaceDataModule:
             subset = Path(config.data.subset_index) if config.data.subset_index else \
                 train_path / "ms1mv2_train_subset_index.txt"
         augment = config.augment
-        transform = TrainTransform(augment.mask_prob, augment.flip_prob, augment.crop_augmentation_prob,
-                                   augment.low_res_augmentation_prob, augment.photometric_augmentation_prob,
-                                   config.channel_order, config.train.seed)
+        try:
+            transform = TrainTransform(augment.mask_prob, augment.flip_prob, augment.crop_augmentation_prob,
+                                       augment.low_res_augmentation_prob, augment.photometric_augmentation_prob,
+                                       config.channel_order, config.train.seed, occluders=augment.occluders)
+        except ValueError as error:
+            raise ConfigError(f"--occluders: {error}") from None
         world, k = world_size(config), config.loss.instances_per_identity
         per_device = config.train.batch_size // world
         if config.loss.graph_sampler and per_device // k - 1 > config.loss.k_nearest:
@@ -107,8 +111,21 @@ def build_datamodule(config: OamlConfig) -> FaceDataModule:
     verification = None
     if val_path.is_dir():
         verification = VerificationData(val_path, _memfile_dir(val_path), config.channel_order,
-                                        config.eval.val_batch_size, config.eval.masked_protocol, config.train.seed)
+                                        config.eval.val_batch_size, val_protocols(config), config.train.seed)
     return FaceDataModule(train, verification, num_workers=config.system.workers, pin_memory=config.system.gpus > 0)
+
+
+def val_protocols(config: OamlConfig) -> tuple[OcclusionProtocol, ...]:
+    """The occlusion protocols validation runs besides the clean pairs, in loader order: the masked protocol
+    (``masked_protocol``), then ``val_occluders``.
+
+    Raises:
+        ConfigError: naming ``--val_occluders`` for an unknown occluder or a malformed protocol.
+    """
+    try:
+        return parse_protocols((["mask"] if config.eval.masked_protocol else []) + [config.eval.val_occluders])
+    except ValueError as error:
+        raise ConfigError(f"--val_occluders: {error}") from None
 
 
 def build_loss(config: OamlConfig) -> CombinedLoss:
@@ -154,6 +171,7 @@ def build_system(config: OamlConfig, num_classes: int, class_names: list[str] | 
                           train.warmup_epochs)
     return OamlSystem(model, objective, optim, eval_weights=(config.eval.eval_adaface_weight,
                                                              config.eval.eval_qaconv_weight),
+                      val_protocols=val_protocols(config),
                       val_set_names=val_set_names or list(VAL_SET_NAMES), max_nonfinite_steps=train.max_nonfinite_steps,
                       log_every_n_steps=train.log_every_n_steps,
                       metadata=checkpoint_meta(config, num_classes, class_names or []),

@@ -16,14 +16,12 @@ that ``metrics.csv``, the progress bar, the loss plot and the study all use one 
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
-from oaml.losses import CombinedLoss
 from oaml.data.masks import visibility_grid
+from oaml.losses import CombinedLoss
 from oaml.models import ClassMemory, FaceOutput, QAConv
 from oaml.models.partial_fc import PartialFC
 
@@ -95,6 +93,11 @@ class TrainingObjective(nn.Module):
     def uses_qaconv(self) -> bool:
         """Whether the QAConv losses are on (and the matcher must be scored in validation)."""
         return self.losses.uses_qaconv
+
+    @property
+    def trains_occlusion_head(self) -> bool:
+        """Whether anything trains the occlusion head: its MSE, or QAConv losses weighted by its undetached maps."""
+        return self.losses.uses_occlusion or (self.occlusion_aware and self.uses_qaconv and not self.occlusion_detach)
 
     def forward(self, out: FaceOutput, labels: Tensor, visibility: Tensor, matcher: QAConv) -> ObjectiveResult:
         """Evaluate the objective on one batch.

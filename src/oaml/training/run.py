@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import time
@@ -106,10 +107,13 @@ def _experiment_dir(config: OamlConfig, resume_dir: Path | None = None) -> Path:
 
 
 def summary_table(metrics: dict[str, float], set_names: list[str]) -> str:
-    """A console table of clean and masked accuracies per set and method."""
+    """A console table of the accuracies per set, protocol (clean, masked, ``occ_<protocol>``) and method."""
     rows = []
+    protocols = [("", "clean"), ("masked_", "masked")]
+    protocols += [(match.group(1), match.group(1)[4:-1]) for key in metrics
+                  if (match := re.fullmatch(r"(occ_.+_)avg_adaface_acc", key))]
     for name in [*set_names, "avg"]:
-        for prefix, protocol in (("", "clean"), ("masked_", "masked")):
+        for prefix, protocol in protocols:
             values = [metrics.get(f"{prefix}{name}_{m}_acc") for m in ("adaface", "qaconv", "combined")]
             if all(v is None for v in values):
                 continue

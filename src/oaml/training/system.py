@@ -27,6 +27,8 @@ from torch import Tensor
 
 from oaml.data.batches import PairBatch, TrainBatch
 from oaml.errors import NonFiniteLossError
+from oaml.data.occluders import MASK_PROTOCOL, OcclusionProtocol
+from oaml.evaluation.calibration import calibration_metrics
 from oaml.evaluation.scoring import PairScores, score_pair_batch, summarise_pairs
 from oaml.losses import nonfinite_components
 from oaml.models import FaceModel
@@ -39,7 +41,6 @@ __all__ = ["OamlSystem", "OptimSettings"]
 
 logger = logging.getLogger(__name__)
 
-VAL_PREFIXES = ("", "masked_")  # dataloader 0: clean pairs; 1: masked second image (SPEC §9 masked protocol)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class OamlSystem(pl.LightningModule):
         eval_weights: configured (AdaFace, QAConv) weights of the combined validation score (SPEC §9, with the
             seed's dynamic rule).
         val_set_names: names of the verification sets, in the order of their dataset indices.
+        val_protocols: the occlusion protocols of validation loaders 1, 2, ... (loader 0 holds the clean pairs);
+            their metrics carry each protocol's prefix (``val/masked_...``, ``val/occ_sunglasses_...``), and when
+            the occlusion head is trained, its calibration on the occluded images too (``val/<prefix>head_auc``,
+            ``head_mae``, ``head_inside``, ``head_outside``).
         max_nonfinite_steps: abort after this many consecutive non-finite losses.
         log_every_n_steps: period of the occlusion-head weight-norm log.
         metadata: stored in every checkpoint under ``"oaml"``.
@@ -73,11 +78,14 @@ class OamlSystem(pl.LightningModule):
 
     def __init__(self, model: FaceModel, objective: TrainingObjective, optim: OptimSettings, *,
                  eval_weights: tuple[float, float], val_set_names: Sequence[str], max_nonfinite_steps: int,
-                 log_every_n_steps: int, metadata: CheckpointMeta, start_weights: str | None = None) -> None:
+                 log_every_n_steps: int, metadata: CheckpointMeta,
+                 val_protocols: Sequence[OcclusionProtocol] = (MASK_PROTOCOL,),
+                 start_weights: str | None = None) -> None:
         super().__init__()
         self.model, self.objective, self.optim, self.eval_weights = model, objective, optim, eval_weights
         self.start_weights = start_weights
         self.val_set_names = list(val_set_names)
+        self.val_protocols = tuple(val_protocols)
         self.max_nonfinite_steps, self.log_every_n_steps = max_nonfinite_steps, log_every_n_steps
         self.metadata = metadata
         self.nonfinite_streak = 0
@@ -153,9 +161,10 @@ class OamlSystem(pl.LightningModule):
 
     def validation_step(self, batch: PairBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         qaconv = self.model.qaconv if self.objective.uses_qaconv else None
+        calibrate = dataloader_idx > 0 and self.objective.trains_occlusion_head
         scores = score_pair_batch(self.model.backbone, self.model.occlusion_head, qaconv, batch.images, batch.issame,
                                   batch.set_index, batch.global_index, self.objective.occlusion_aware,
-                                  gate=self.model.embedding_gate)
+                                  gate=self.model.embedding_gate, visibility=batch.visibility if calibrate else None)
         self._pair_scores.setdefault(dataloader_idx, []).append(scores)
 
     def on_validation_epoch_end(self) -> None:
@@ -177,7 +186,10 @@ class OamlSystem(pl.LightningModule):
             merged = PairScores.concatenate(parts)
             if self.trainer.world_size > 1:
                 merged = PairScores.from_gathered(self.all_gather(merged.as_tensor_dict()))
-            metrics |= summarise_pairs(merged, self.val_set_names, self.eval_weights, prefix=VAL_PREFIXES[loader])
+            prefix = "" if loader == 0 else self.val_protocols[loader - 1].prefix
+            metrics |= summarise_pairs(merged, self.val_set_names, self.eval_weights, prefix=prefix)
+            if loader > 0 and merged.visibility_predicted is not None:
+                metrics |= self._calibration(merged, self.val_protocols[loader - 1], prefix)
         self._pair_scores = {}
         if not metrics or self.trainer.sanity_checking:
             return
@@ -186,6 +198,16 @@ class OamlSystem(pl.LightningModule):
         # Every rank holds the same gathered scores, so the values agree and need no further reduction.
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items() if k != f"{stage}_acc" and np.isfinite(v)})
         self.log(f"{stage}_acc", metrics[f"{stage}_acc"], prog_bar=True)
+
+    @staticmethod
+    def _calibration(scores: PairScores, protocol: OcclusionProtocol, prefix: str) -> dict[str, float]:
+        """The occlusion head's calibration over the images ``protocol`` occludes (deduplicated pairs)."""
+        unique = scores.deduplicated()
+        sides = [side for side in (0, 1) if protocol.occluder(side) is not None]
+        predicted, true = unique.visibility_predicted, unique.visibility_true
+        assert predicted is not None and true is not None  # kept together by score_pair_batch
+        return calibration_metrics(predicted[:, sides].reshape(-1, *predicted.shape[2:]),
+                                   true[:, sides].reshape(-1, *true.shape[2:]), prefix)
 
     # ------------------------------------------------------------------ optimizer and checkpoints
     def configure_optimizers(self) -> dict[str, Any]:
