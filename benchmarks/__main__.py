@@ -18,7 +18,7 @@ import torch
 from oaml.evaluation.report import console_table
 
 MODULES = ("bench_verification", "bench_qaconv", "bench_loader", "bench_train_step", "bench_validation",
-           "bench_eval", "bench_occlude", "bench_identify")
+           "bench_eval", "bench_occlude", "bench_identify", "bench_scale")
 
 
 def _format(value: float, unit: str) -> str:

@@ -129,7 +129,9 @@ def build_step(arch: str, width: float, full: bool, num_classes: int = NUM_CLASS
     if memory is not None:
         for start in range(0, num_classes, _FILL_CHUNK):  # chunks: MS1MV2-size memories do not fit at once
             classes = torch.arange(start, min(start + _FILL_CHUNK, num_classes), device=device)
-            memory.update(torch.randn(classes.numel(), *memory.memory.shape[1:], device=device), classes)
+            memory.update(torch.randn(classes.numel(), *memory.memory.shape[1:], device=device), classes,
+                          torch.nn.functional.normalize(torch.randn(classes.numel(), memory.embedding_size,
+                                                                    device=device), dim=1))
         memory.rebuild_graph()
     fabric = Fabric(accelerator="cuda" if device.type == "cuda" else "cpu", devices=1)
     system.fabric = fabric

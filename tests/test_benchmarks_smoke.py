@@ -103,6 +103,24 @@ def test_identify_benchmark_rows_run() -> None:
     assert rows[0]["name"] == "search exact fp16 (N=2k, B=3)" and rows[0]["value"] > 0
 
 
+def test_scale_benchmark_formulas_and_checks() -> None:
+    from benchmarks.bench_scale import RANKS, _validation_rows, head_flops, layout_memory
+
+    classes, per_rank = 8 * 1000, 16
+    # a rank of the unsharded head scores its 16 rows against all 8,000 classes, a shard the 128 global rows
+    # against its 1,000: the same products; sampling 1 in 10 keeps a tenth of them
+    assert head_flops(classes, 1, 1.0, per_rank) == head_flops(classes, RANKS, 1.0, per_rank) == \
+        6 * per_rank * 512 * classes
+    assert head_flops(classes, RANKS, 0.1, per_rank) * 10 == head_flops(classes, RANKS, 1.0, per_rank)
+    full, sharded = layout_memory(85_742, 1, 1.0), layout_memory(85_742, RANKS, 1.0)
+    assert full.class_memory == 85_742 * (512 * 49 * 2 + 1)
+    assert sharded.class_memory == 10_718 * (512 * 49 * 2 + 1) and sharded.kernel == 10_718 * 512 * 4
+    rows = _validation_rows((64,), 8, 1, rate=1e9)
+    assert [r["name"] for r in rows] == [f"scale check {what} C_r=64 B=8 rho={rho}" for rho in (1.0, 0.1)
+                                         for what in ("memory", "step")]
+    assert all(r["value"] >= 0 and r["baseline"] > 0 for r in rows)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the exit path of machines without CUDA")
 def test_gpu_script_exits_without_cuda() -> None:
     env = {**os.environ, "PYTHON": sys.executable}
@@ -116,8 +134,10 @@ def test_gpu_script_exits_without_cuda() -> None:
 def test_gpu_script_cpu_smoke() -> None:
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     args = ["--device", "cpu", "--arch", "ir_18", "--width", "0.125", "--batch", "8", "--classes", "32", "--steps",
-            "1", "--warmup", "0", "--qaconv-n", "8", "--qaconv-repeats", "1"]
+            "1", "--warmup", "0", "--qaconv-n", "8", "--qaconv-repeats", "1", "--scale-classes", "800", "--scale-batch",
+            "8"]
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), *args], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "cost ratio full / adaface-only" in done.stdout and "qaconv all-pairs fp16" in done.stdout
+    assert "sharded head bf16 rho=0.1" in done.stdout and "sharded class memory bf16" in done.stdout

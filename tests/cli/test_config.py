@@ -188,9 +188,9 @@ def test_each_head_trains_with_its_paper_margin_unless_m_is_given(head: str, mar
     from oaml.training.build import build_system
 
     system = build_system(config_from_dict(flat={"arch": "ir_18", "width": 0.0625, "head": head}), num_classes=3)
-    assert system.objective.head.m == margin  # the seed gave every head AdaFace's 0.4
+    assert system.objective.head.margin.m == margin  # the seed gave every head AdaFace's 0.4
     explicit = config_from_dict(flat={"arch": "ir_18", "width": 0.0625, "head": head, "m": "0.3"})
-    assert build_system(explicit, num_classes=3).objective.head.m == 0.3
+    assert build_system(explicit, num_classes=3).objective.head.margin.m == 0.3
     assert config_from_dict(flat={"m": "none"}).model.m is None
 
 

@@ -14,7 +14,6 @@ produced next.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-
 from typing import Any
 
 import numpy as np
