@@ -381,6 +381,7 @@ def test_memory_estimate_matches_allocated_bytes(rate: float) -> None:
     assert est.kernel_grad == _bytes(head.kernel.grad)
     assert est.optimizer_state == _bytes(optimizer.state[head.kernel]["momentum_buffer"])
     assert est.sampled_kernel == (2 * out.num_sampled if rate < 1 else head.spec.size) * emb * 4
+    assert est.backward == 2 * out.num_sampled * emb * 4  # at rate 1 every column is "sampled"
     assert est.class_memory == _bytes(memory.memory, memory.seen)
     assert est.prototypes == _bytes(memory.prototype, memory.prototype_sum, memory.prototype_valid,
                                     memory.prototype_count)

@@ -12,7 +12,10 @@ step, B_g = the global batch):
 - ``sampled_kernel``: E x n_s for the gathered sampled columns and E x n_s for their normalised copy (at ρ = 1 the
   kernel is used in place and only its normalised copy is made, E x C_r);
 - ``logits``: :data:`LOGIT_COPIES` B_g x n_s fp32 tensors alive together in the step (cosines, logits, the
-  softmax's exponentials and the logit gradient); measured against this count by ``benchmarks/bench_scale.py``;
+  softmax's exponentials and the logit gradient);
+- ``backward``: the two E x n_s temporaries of the column normalisation's backward (the gradient of the normalised
+  copy and autograd's intermediate), alive next to the kernel gradient at the step's peak; the head's total is
+  measured against the peak-RSS growth of a real step by ``benchmarks/bench_scale.py``;
 - ``class_memory``: C_r x C x H x W fp16 plus the ``seen`` flags; ``prototypes``: prototype and running sum
   (C_r x E fp32 each), the validity flags and the counts (int64); ``graph``: C_r x k int64.
 
@@ -58,6 +61,7 @@ class RankMemory:
     optimizer_state: int
     sampled_kernel: int
     logits: int
+    backward: int
     class_memory: int
     prototypes: int
     graph: int
@@ -65,8 +69,9 @@ class RankMemory:
 
     @property
     def head_total(self) -> int:
-        """Kernel, its gradient and momentum, the sampled copies and the logits."""
-        return self.kernel + self.kernel_grad + self.optimizer_state + self.sampled_kernel + self.logits
+        """Kernel, its gradient and momentum, the sampled copies, the logits and the backward's temporaries."""
+        return self.kernel + self.kernel_grad + self.optimizer_state + self.sampled_kernel + self.logits + \
+            self.backward
 
     @property
     def memory_total(self) -> int:
@@ -119,7 +124,7 @@ def estimate_rank_memory(num_classes: int, world_size: int, sample_rate: float =
         num_classes=num_classes, world_size=world_size, sample_rate=sample_rate, memory_on_cpu=memory_on_cpu,
         kernel=local * column, kernel_grad=local * column, optimizer_state=local * column if momentum else 0,
         sampled_kernel=(2 * kept if sample_rate < 1.0 else local) * column,
-        logits=LOGIT_COPIES * batch_size * kept * 4,
+        logits=LOGIT_COPIES * batch_size * kept * 4, backward=2 * kept * column,
         class_memory=rows * (math.prod(feature_shape) * memory_bytes + 1),
         prototypes=rows * (2 * embedding_size * 4 + 1 + 8),
         graph=rows * k_nearest * 8,
@@ -138,7 +143,7 @@ def format_rank_memory(e: RankMemory) -> str:
     saved = f"; a checkpoint gathers {_gib(e.gathered_on_save)} on rank 0's host" if e.gathered_on_save else ""
     return (f"C={e.num_classes}, R={e.world_size}, sample_rate={e.sample_rate}: kernel {_gib(e.kernel)}, kernel grad "
             f"{_gib(e.kernel_grad)}, momentum {_gib(e.optimizer_state)}, sampled kernel {_gib(e.sampled_kernel)}, "
-            f"logits {_gib(e.logits)}, class memory {_gib(e.class_memory)} + prototypes {_gib(e.prototypes)} + graph "
+            f"logits {_gib(e.logits)}, backward {_gib(e.backward)}, class memory {_gib(e.class_memory)} + prototypes {_gib(e.prototypes)} + graph "
             f"{_gib(e.graph)} on the {where}; device total {_gib(e.device_total)}, host total {_gib(e.host_total)}"
             f"{saved}")
 
