@@ -143,9 +143,9 @@ def format_rank_memory(e: RankMemory) -> str:
     saved = f"; a checkpoint gathers {_gib(e.gathered_on_save)} on rank 0's host" if e.gathered_on_save else ""
     return (f"C={e.num_classes}, R={e.world_size}, sample_rate={e.sample_rate}: kernel {_gib(e.kernel)}, kernel grad "
             f"{_gib(e.kernel_grad)}, momentum {_gib(e.optimizer_state)}, sampled kernel {_gib(e.sampled_kernel)}, "
-            f"logits {_gib(e.logits)}, backward {_gib(e.backward)}, class memory {_gib(e.class_memory)} + prototypes {_gib(e.prototypes)} + graph "
-            f"{_gib(e.graph)} on the {where}; device total {_gib(e.device_total)}, host total {_gib(e.host_total)}"
-            f"{saved}")
+            f"logits {_gib(e.logits)}, backward {_gib(e.backward)}, class memory {_gib(e.class_memory)} + prototypes "
+            f"{_gib(e.prototypes)} + graph {_gib(e.graph)} on the {where}; device total {_gib(e.device_total)}, "
+            f"host total {_gib(e.host_total)}{saved}")
 
 
 def check_rank_memory(num_classes: int, world_size: int, device_budget: int, host_budget: int | None = None,
