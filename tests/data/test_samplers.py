@@ -147,6 +147,25 @@ def test_graph_sampler_builds_batches_from_nearest_classes() -> None:
         sampler.set_graph(graph[:5])
 
 
+def test_graph_sampler_resumes_with_the_saved_graph_and_position() -> None:
+    labels = _labels(12, seed=2)
+    graph = np.array([[(c + 1) % 12, (c + 2) % 12, (c + 5) % 12, c] for c in range(12)])
+    full = GraphSampler(labels, graph, batch_size=12, k=4, seed=5)
+    full.set_epoch(1)
+    expected = list(full)
+    interrupted = GraphSampler(labels, graph, batch_size=12, k=4, seed=5)
+    interrupted.set_epoch(1)
+    iterator = iter(interrupted)
+    head = [next(iterator) for _ in range(4)]
+    state = interrupted.state_dict()
+    other = np.array([[(c + 3) % 12, (c + 4) % 12, c, c] for c in range(12)])
+    resumed = GraphSampler(labels, other, batch_size=12, k=4, seed=5)  # the epoch's graph comes from the state
+    resumed.load_state_dict(state)
+    resumed.set_epoch(1)
+    assert head + list(resumed) == expected
+    assert np.array_equal(resumed.graph, graph)
+
+
 def test_pair_shard_sampler_gives_whole_pairs_in_equal_blocks() -> None:
     from oaml.data.samplers import PairShardSampler
 
