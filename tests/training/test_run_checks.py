@@ -143,3 +143,24 @@ def test_summary_says_where_the_test_score_comes_from_and_how_a_run_ended(tmp_pa
     assert (f"interrupted by SIGINT after 3 steps; resume with: oaml train --resume_from_checkpoint "
             f"{tmp_path / 'checkpoints' / 'last.ckpt'}") in format_summary(stopped)
     assert "metrics:" not in format_summary(stopped)  # no metrics.csv was written: its path is not printed
+
+
+def test_memory_preflight_logs_the_per_rank_need_and_refuses_what_cannot_fit(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from oaml.devices import host_memory_available
+    from oaml.training.memory_estimate import estimate_rank_memory
+    from oaml.training.run import check_memory
+
+    config = config_from_dict(TINY, {"num_processes": 2, "batch_size": 32})
+    with caplog.at_level("INFO", logger="oaml.training.run"):
+        fits = check_memory(config, 1000)
+    assert fits.world_size == 2 and fits.num_classes == 1000
+    assert any("memory per rank" in r.getMessage() and "C=1000, R=2" in r.getMessage() for r in caplog.records)
+    # a class count whose shards cannot fit this host on two CPU processes (at least 50 KB per class per rank)
+    classes = 4 * host_memory_available() // estimate_rank_memory(1, 1).class_memory
+    with pytest.raises(ConfigError) as info:
+        check_memory(config, classes)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("per-rank host memory")
+    assert "--sample_rate" in message and "more ranks" in message
+    assert "--class_memory_on_cpu" not in message  # a CPU-only run has no device memory to save
