@@ -24,23 +24,9 @@ import yaml
 from oaml.constants import ChannelOrder
 from oaml.errors import ConfigError
 
-__all__ = [
-    "AugmentConfig",
-    "DataConfig",
-    "EvalConfig",
-    "LossConfig",
-    "ModelConfig",
-    "OamlConfig",
-    "SystemConfig",
-    "TrainConfig",
-    "config_from_dict",
-    "load_config_file",
-    "load_yaml",
-    "packaged_configs",
-    "parse_value",
-    "registered_names",
-    "validate",
-]
+__all__ = ["AugmentConfig", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "OamlConfig", "SystemConfig",
+           "TrainConfig", "config_from_dict", "load_config_file", "load_yaml", "packaged_configs", "parse_value",
+           "registered_names", "validate"]
 
 OCCLUSION_METHODS = ("scaling", "normalised", "none")
 _AUTO_WORKERS = 8  # beyond this the decoders of 112x112 JPEGs out-run any single device
