@@ -161,7 +161,7 @@ class LossConfig:
     triplet_margin: float = _opt(1.0, "batch-hard triplet margin")
     occlusion_method: str = _opt("scaling", "how visibility maps weight QAConv: scaling (the seed's), normalised "
                                  "(hidden locations neither match nor mismatch) or none")
-    occlusion_detach: bool = _opt(False, "QAConv losses send no gradient into the visibility maps (the occlusion "
+    occlusion_detach: bool = _opt(True, "QAConv losses send no gradient into the visibility maps (the occlusion "
                                   "head then learns from its MSE alone)")
     instances_per_identity: int = _opt(4, "K of the PK sampler: images per identity in a batch")
     class_memory_on_cpu: bool = _opt(False, "keep the fp16 class memory on the CPU (saves GPU memory)")

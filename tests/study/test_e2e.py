@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from oaml.data.synthetic import make_synthetic
-from oaml.study.options import METHODS, VARIANTS, StudyOptions
+from oaml.study.options import CALIBRATED_OCCLUDERS, METHODS, PROTOCOLS, VARIANTS, StudyOptions
 from oaml.study.runs import run_study
 
 pytestmark = pytest.mark.slow
@@ -31,13 +31,18 @@ def test_study_trains_every_variant_and_writes_the_report(tmp_path: Path) -> Non
 
     results = json.loads(files["json"].read_text())
     runs = results["runs"]
-    assert sorted((r["variant"], r["seed"]) for r in runs) == sorted((v, s) for v in VARIANTS for s in (0, 1))
+    assert sorted((r["variant"], r["seed"]) for r in runs) == sorted((v, s) for v in options.variants
+                                                                     for s in (0, 1))
     for run in runs:
-        for protocol in ("clean", "masked"):
+        assert list(run["metrics"]) == list(PROTOCOLS)  # no benchmark with explicit roots
+        for protocol in PROTOCOLS:
             for method in METHODS:
                 assert 0.0 <= run["metrics"][protocol][method]["accuracy"] <= 1.0
         assert Path(run["checkpoint"]).is_file()
         assert ("occlusion" in run) == VARIANTS[run["variant"]].trains_occlusion
+        if "calibration" in run:
+            assert set(run["calibration"]) == set(CALIBRATED_OCCLUDERS)
+            assert run["calibration"]["mask"] == run["occlusion"]
 
     # No held-out identity is in the training folder.
     split = results["setup"]["splits"][0]
@@ -47,7 +52,8 @@ def test_study_trains_every_variant_and_writes_the_report(tmp_path: Path) -> Non
 
     text = files["markdown"].read_text()
     accuracy_table = text.split("### 10-fold accuracy")[1].split("###")[0]
-    assert sum(line.startswith("| (") for line in accuracy_table.splitlines()) == 2 * len(VARIANTS)
+    assert sum(line.startswith("| (") for line in accuracy_table.splitlines()) == len(PROTOCOLS) * len(options.variants)
+    assert "**Answer** ((e), the default objective, vs (c)" in text
     assert "| (d) | " in text.split("## Occlusion head on held-out faces")[1].split("##")[0]
     assert options.command() in text
 

@@ -28,7 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=d.epochs, help="training epochs (PK: each identity once)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch (P x K, K = 4)")
     parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    parser.add_argument("--mask-seed", type=int, default=d.mask_seed, help="seed of the held-out probe masks")
+    parser.add_argument("--mask-seed", type=int, default=d.mask_seed, help="seed of the held-out probe occluders")
+    parser.add_argument("--benchmark", default=d.benchmark, help="folder with an LFW pairs.txt whose pairs of people "
+                        "unseen in training are scored too; auto: ../shared/data/lfw_view2_arcface112 with the "
+                        "default data; '' for none")
     parser.add_argument("--jobs", type=int, default=d.jobs, help="runs trained side by side")
     parser.add_argument("--output-dir", default=d.output_dir, help="where results.md/.json and figures/ go (docs "
                         "regenerates the repository's docs/results.md)")
@@ -43,8 +46,8 @@ def _study(args: argparse.Namespace) -> int:
     options = StudyOptions(roots=tuple(args.roots), seeds=tuple(args.seeds), splits=tuple(args.splits),
                            variants=tuple(args.variants), test_fraction=args.test_fraction, arch=args.arch,
                            width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                           mask_seed=args.mask_seed, jobs=args.jobs, output_dir=args.output_dir,
-                           work_dir=args.work_dir)
+                           mask_seed=args.mask_seed, benchmark=args.benchmark, jobs=args.jobs,
+                           output_dir=args.output_dir, work_dir=args.work_dir)
     for name, path in run_study(options).items():
         print(f"{name}: {path}")
     return 0

@@ -38,9 +38,11 @@ from typing import Any
 import numpy as np
 
 from oaml.errors import ConfigError, DataError
-from oaml.study.data import (DEFAULT_DATASETS, HeldOutPairs, Split, default_roots, discover_identities, held_out_pairs,
+from oaml.study.data import (DEFAULT_DATASETS, VIEW2_DATASET, BenchmarkPairs, HeldOutPairs, benchmark_pairs,
+                             shared_data, Split, default_roots, discover_identities, held_out_pairs,
                              link_train_folder, split_identities)
-from oaml.study.options import IMAGES_PER_IDENTITY, FAR, METHODS, VARIANTS, StudyOptions, Variant, threads_per_run
+from oaml.study.options import (BENCHMARK_PROTOCOLS, CALIBRATED_OCCLUDERS, FAR, IMAGES_PER_IDENTITY, METHODS,
+                                PROTOCOLS, VARIANTS, StudyOptions, Variant, threads_per_run)
 from oaml.study.report import write_study
 
 __all__ = ["run_config", "run_study", "steps_per_epoch"]
@@ -58,6 +60,7 @@ class RunTask:
     run_dir: str
     num_train_identities: int
     pairs: HeldOutPairs
+    benchmark: HeldOutPairs | None
     options: StudyOptions
     threads: int
     figure_rows: tuple[int, ...] = dataclasses.field(default=())
@@ -106,42 +109,77 @@ def _output_to(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
-def _evaluate(checkpoint: Path, pairs: HeldOutPairs, mask_seed: int, occlusion: bool,
-              figure_rows: tuple[int, ...]) -> dict[str, Any]:
-    from oaml.evaluation.api import load_model
-    from oaml.evaluation.calibration import head_calibration
-    from oaml.evaluation.embed import extract_features, extract_occluded
+def _occluded_features(recognizer: Any, paths: tuple[str, ...], occluders: set[str | None],
+                       seed: int) -> dict[str | None, tuple[Any, np.ndarray]]:
+    """Features and true 7x7 visible fractions of every image, clean (None) and under each occluder."""
+    from oaml.evaluation.embed import extract_occluded
     from oaml.evaluation.eval_data import EvalImages
+
+    images = EvalImages(names=list(paths), paths=list(paths))
+    return {name: extract_occluded(recognizer, images, occluder=name, seed=seed, progress=False)
+            for name in sorted(occluders, key=lambda o: (o is not None, o or ""))}
+
+
+def _score_protocols(recognizer: Any, pairs: HeldOutPairs, protocols: dict[str, tuple[str | None, str | None]],
+                     features: dict[str | None, tuple[Any, np.ndarray]]) -> dict[str, dict[str, dict]]:
+    """Accuracy, its 10-fold std and TAR@FAR of every method under every protocol."""
+    import torch
+
     from oaml.evaluation.evaluate import EvalOptions, score_protocol
+    from oaml.evaluation.fusion import cross_fitted_scores, occlusion_amount, visibility_ten_fold
+    from oaml.evaluation.scoring import squared_distances
     from oaml.evaluation.verification import KFoldResult, TarPoint, tar_at_far
 
-    recognizer = load_model(checkpoint)
-    images = EvalImages(names=list(pairs.paths), paths=list(pairs.paths))
-    clean = extract_features(recognizer, images, progress=False)
-    masked, grids = extract_occluded(recognizer, images, occluder="mask", seed=mask_seed, progress=False)
-    options = EvalOptions(progress=False)
-    args = (pairs.first, pairs.second, pairs.issame, options)
-    protocols = {"clean": score_protocol(recognizer, clean, clean, *args),
-                 "masked": score_protocol(recognizer, clean, masked, *args, "_masked")}
-    metrics: dict[str, dict[str, dict[str, float | None]]] = {}
-    for protocol, scored in protocols.items():
-        suffix = "" if protocol == "clean" else "_masked"
+    metrics: dict[str, dict[str, dict]] = {}
+    for protocol, (occluder_a, occluder_b) in protocols.items():
+        first, second = features[occluder_a][0], features[occluder_b][0]
+        scored = score_protocol(recognizer, first, second, pairs.first, pairs.second, pairs.issame,
+                                EvalOptions(progress=False))
+        folds, scores = dict(scored.ten_fold), dict(scored.scores)
+        if first.occlusion is not None and second.occlusion is not None and "qaconv" in scores:
+            rows_a, rows_b = torch.as_tensor(pairs.first), torch.as_tensor(pairs.second)
+            u = occlusion_amount(first.occlusion[rows_a].mean(dim=(1, 2, 3)).numpy(),
+                                 second.occlusion[rows_b].mean(dim=(1, 2, 3)).numpy())
+            dist = squared_distances(first.embedding[rows_a], second.embedding[rows_b]).numpy()
+            folds["combined_vis"] = visibility_ten_fold(dist, scores["qaconv"], u, pairs.issame)
+            scores["combined_vis"] = cross_fitted_scores(dist, scores["qaconv"], u, pairs.issame)
         metrics[protocol] = {}
         for method in METHODS:
-            fold, tar = scored.ten_fold[method + suffix], tar_at_far(scored.scores[method + suffix], pairs.issame,
-                                                                     fars=(FAR,))[FAR]
+            fold = folds[method]
             assert isinstance(fold, KFoldResult)  # >= 10 pairs, checked when the pairs are made
+            tar = tar_at_far(scores[method], pairs.issame, fars=(FAR,))[FAR]
             metrics[protocol][method] = {"accuracy": fold.accuracy, "fold_std": fold.std,
                                          "tar": tar.tar if isinstance(tar, TarPoint) else None}
+    return metrics
+
+
+def _evaluate(checkpoint: Path, pairs: HeldOutPairs, benchmark: HeldOutPairs | None, mask_seed: int,
+              occlusion: bool, figure_rows: tuple[int, ...]) -> dict[str, Any]:
+    from oaml.evaluation.api import load_model
+    from oaml.evaluation.calibration import head_calibration
+
+    recognizer = load_model(checkpoint)
+    occluders = {o for sides in PROTOCOLS.values() for o in sides} | set(CALIBRATED_OCCLUDERS)
+    features = _occluded_features(recognizer, pairs.paths, occluders, mask_seed)
+    metrics = _score_protocols(recognizer, pairs, PROTOCOLS, features)
+    if benchmark is not None:
+        view2 = {o for sides in BENCHMARK_PROTOCOLS.values() for o in sides}
+        metrics |= _score_protocols(recognizer, benchmark, BENCHMARK_PROTOCOLS,
+                                    _occluded_features(recognizer, benchmark.paths, view2, mask_seed))
     out: dict[str, Any] = {"metrics": metrics}
-    if occlusion and masked.occlusion is not None and clean.occlusion is not None:
-        pred_masked, pred_clean = masked.occlusion[:, 0].numpy(), clean.occlusion[:, 0].numpy()
-        out["occlusion"] = head_calibration(pred_masked, grids, pred_clean)
-        out["occlusion_maps"] = {"masked": pred_masked.mean(0).tolist(), "clean": pred_clean.mean(0).tolist(),
-                                 "true": grids.mean(0).tolist()}
-        rows = list(figure_rows)
-        out["figure"] = {"rows": rows, "masked": pred_masked[rows].tolist(), "clean": pred_clean[rows].tolist(),
-                         "true": grids[rows].tolist()}
+    clean = features[None][0]
+    if not occlusion or clean.occlusion is None:
+        return out
+    pred_clean = clean.occlusion[:, 0].numpy()
+    out["calibration"] = {name: head_calibration(features[name][0].occlusion[:, 0].numpy(), features[name][1],
+                                                 pred_clean) for name in CALIBRATED_OCCLUDERS}
+    out["occlusion"] = out["calibration"]["mask"]
+    pred_masked, grids = features["mask"][0].occlusion[:, 0].numpy(), features["mask"][1]
+    out["occlusion_maps"] = {"masked": pred_masked.mean(0).tolist(), "clean": pred_clean.mean(0).tolist(),
+                             "true": grids.mean(0).tolist()}
+    rows = list(figure_rows)
+    out["figure"] = {"rows": rows, "masked": pred_masked[rows].tolist(), "clean": pred_clean[rows].tolist(),
+                     "true": grids[rows].tolist()}
     return out
 
 
@@ -179,8 +217,8 @@ def _run_task(task: RunTask) -> dict[str, Any]:
         if result.last_checkpoint is None:
             raise RuntimeError(f"run {task.variant} seed {task.seed} left no checkpoint; see {run_dir / 'run.log'}")
         start = time.perf_counter()
-        evaluation = _evaluate(result.last_checkpoint, task.pairs, task.options.mask_seed, variant.trains_occlusion,
-                               task.figure_rows)
+        evaluation = _evaluate(result.last_checkpoint, task.pairs, task.benchmark, task.options.mask_seed,
+                               variant.trains_occlusion, task.figure_rows)
         eval_s = time.perf_counter() - start
     return {"variant": task.variant, "seed": task.seed, "split": task.split, "train_s": train_s, "eval_s": eval_s,
             "experiment_dir": str(result.experiment_dir), "checkpoint": str(result.last_checkpoint),
@@ -226,6 +264,23 @@ def _execute(tasks: list[RunTask], jobs: int) -> list[dict[str, Any]]:
     return sorted(results, key=lambda r: order[(r["split"], r["seed"], r["variant"])])
 
 
+def _benchmark(options: StudyOptions, split: Split) -> BenchmarkPairs | None:
+    """The benchmark pairs of people unseen in ``split``'s training identities, or None (see
+    :attr:`StudyOptions.benchmark`)."""
+    if options.benchmark == "auto":
+        root = shared_data() / VIEW2_DATASET
+        if options.roots or not (root / "pairs.txt").is_file():
+            return None
+    elif not options.benchmark:
+        return None
+    else:
+        root = Path(options.benchmark)
+    bench = benchmark_pairs(root, split.train)
+    logger.info("benchmark %s: %d of %d pairs have both people unseen in training (%d dropped)", bench.name,
+                bench.pairs.issame.shape[0], bench.total, bench.dropped)
+    return bench
+
+
 def run_study(options: StudyOptions) -> dict[str, Path]:
     """Run every split x seed x variant, then write the report; returns the written files by name.
 
@@ -258,11 +313,13 @@ def run_study(options: StudyOptions) -> dict[str, Path]:
             raise ConfigError(f"--batch-size: {options.batch_size} takes {per_batch} identities per "
                               f"batch, but split {split_seed} trains on {len(split.train)}; lower --batch-size")
         train_dir = link_train_folder(split.train, work / f"split{split_seed}" / "train")
-        splits.append({"split": split, "pairs": pairs, "steps_per_epoch": steps})
+        bench = _benchmark(options, split)
+        splits.append({"split": split, "pairs": pairs, "steps_per_epoch": steps, "benchmark": bench})
         for seed in options.seeds:
             for key in options.variants:
                 tasks.append(RunTask(key, seed, split_seed, str(train_dir), str(work / f"split{split_seed}" /
-                                     f"{key}_seed{seed}"), len(split.train), pairs, options, threads,
+                                     f"{key}_seed{seed}"), len(split.train), pairs,
+                                     None if bench is None else bench.pairs, options, threads,
                                      _figure_rows(pairs)))
     logger.info("study: %d identities from %s; %d runs (%d split(s) x %d seed(s) x %d variant(s)), %d at a time",
                 len(identities), ", ".join(str(r) for r in roots), len(tasks), len(options.splits),

@@ -78,7 +78,8 @@ def aggregate(results: Sequence[dict[str, Any]], variants: Sequence[str], method
     Returns:
         ``cells[variant][protocol][method][metric]`` spreads (metric ``accuracy`` or ``tar``; None when no run has
         a TAR), ``comparisons`` (paired differences of accuracy and TAR per protocol and method), ``occlusion``
-        (spreads of each separation statistic per variant that trains the head), ``fold_std`` (mean 10-fold std
+        (spreads of each separation statistic per variant that trains the head, medical mask), ``calibration``
+        (``[variant][occluder]`` spreads of the head's cell AUC and MAE), ``fold_std`` (mean 10-fold std
         per variant and protocol), ``final_losses`` (last-epoch loss means per variant) and ``timing``.
     """
     cells: dict[str, Any] = {}
@@ -97,11 +98,15 @@ def aggregate(results: Sequence[dict[str, Any]], variants: Sequence[str], method
                             "cells": {p: {m: {metric: paired_difference(results, variant, reference, p, m, metric)
                                               for metric in ("accuracy", "tar")} for m in methods}
                                       for p in protocols}})
-    occlusion = {}
+    occlusion, calibration = {}, {}
     for variant in variants:
         stats = [r["occlusion"] for r in _runs(results, variant).values() if r.get("occlusion")]
         if stats:
             occlusion[variant] = {key: spread([s[key] for s in stats]) for key in stats[0]}
+        per_occluder = [r["calibration"] for r in _runs(results, variant).values() if r.get("calibration")]
+        if per_occluder:
+            calibration[variant] = {name: {key: spread([c[name][key] for c in per_occluder]) for key in ("auc", "mae")}
+                                    for name in per_occluder[0]}
     fold_std = {v: {p: float(np.mean([r["metrics"][p][m]["fold_std"] for r in _runs(results, v).values()
                                       for m in methods])) for p in protocols} for v in variants}
     final_losses = {}
@@ -110,5 +115,6 @@ def aggregate(results: Sequence[dict[str, Any]], variants: Sequence[str], method
         names = sorted({name for c in curves for name in c})
         final_losses[variant] = {name: spread([c[name][-1] for c in curves if c.get(name)]) for name in names}
     timing = {v: spread([r["train_s"] + r["eval_s"] for r in _runs(results, v).values()]) for v in variants}
-    return {"cells": cells, "comparisons": comparisons, "occlusion": occlusion, "fold_std": fold_std,
+    return {"cells": cells, "comparisons": comparisons, "occlusion": occlusion, "calibration": calibration,
+            "fold_std": fold_std,
             "final_losses": final_losses, "timing": timing}
