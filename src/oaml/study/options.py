@@ -83,8 +83,8 @@ class StudyOptions:
         lr: Peak SGD learning rate (warm-up over the first 5% of the epochs, x0.1 at 5/8 and 7/8 of them).
         mask_seed: Seed of the deterministic occluders on the held-out probes.
         benchmark: A benchmark folder with an LFW ``pairs.txt`` (its pairs of people unseen in training are scored
-            too); ``"auto"`` uses ``../shared/data/lfw_view2_arcface112`` when the study runs on the default
-            data and it exists; ``""`` scores none.
+            too, by the runs of the first seed); ``"auto"`` uses ``../shared/data/lfw_view2_arcface112`` when
+            the study runs on the default data and it exists; ``""`` scores none.
         jobs: Runs trained side by side.
         output_dir: Where ``results.md``, ``results.json`` and ``figures/`` go: the work folder by default;
             ``--output-dir docs`` regenerates the repository's ``docs/results.md``.
@@ -98,7 +98,7 @@ class StudyOptions:
     test_fraction: float = 0.3
     arch: str = "ir_18"
     width: float = 0.125
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 64
     lr: float = 0.1
     mask_seed: int = 0

@@ -106,7 +106,7 @@ def _benchmark_lines(setup: dict[str, Any]) -> list[str]:
             lines.append(f"- Split {split['seed']}, {bench['name']}: {bench['kept']} of its {bench['total']} pairs "
                          f"have both people unseen in training ({bench['dropped']} pairs dropped), over "
                          f"{bench['images']} images; scored as " + ", ".join(f"*{p}*" for p in BENCHMARK_PROTOCOLS)
-                         + ".")
+                         + " for the first seed only (its features cost more than a training run here).")
     return lines
 
 
@@ -341,7 +341,8 @@ def write_study(options: Any, roots: Sequence[Path], identities: Sequence[Identi
     out = Path(options.output_dir)
     figures_dir = out / "figures"
     variants = list(options.variants)
-    summary = aggregate(results, variants, METHODS, list(results[0]["metrics"]))
+    protocols = list(dict.fromkeys(p for r in results for p in r["metrics"]))
+    summary = aggregate(results, variants, METHODS, protocols)
     setup = _setup(options, roots, identities, splits, wall_s, command)
     files: dict[str, Path] = {}
     first = {r["variant"]: r for r in reversed(results)}  # the first split's first seed of every variant

@@ -319,7 +319,8 @@ def run_study(options: StudyOptions) -> dict[str, Path]:
             for key in options.variants:
                 tasks.append(RunTask(key, seed, split_seed, str(train_dir), str(work / f"split{split_seed}" /
                                      f"{key}_seed{seed}"), len(split.train), pairs,
-                                     None if bench is None else bench.pairs, options, threads,
+                                     None if bench is None or seed != options.seeds[0] else bench.pairs,
+                                     options, threads,
                                      _figure_rows(pairs)))
     logger.info("study: %d identities from %s; %d runs (%d split(s) x %d seed(s) x %d variant(s)), %d at a time",
                 len(identities), ", ".join(str(r) for r in roots), len(tasks), len(options.splits),

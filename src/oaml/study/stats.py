@@ -37,6 +37,11 @@ def _runs(results: Sequence[dict[str, Any]], variant: str) -> dict[tuple[int, in
     return {(r["split"], r["seed"]): r for r in results if r["variant"] == variant}
 
 
+def _value(run: dict[str, Any], protocol: str, method: str, metric: str) -> float | None:
+    """One cell of a run; None when the run did not score it (no TAR, or a protocol of the first seed only)."""
+    return run["metrics"].get(protocol, {}).get(method, {}).get(metric)
+
+
 def paired_difference(results: Sequence[dict[str, Any]], variant: str, reference: str, protocol: str, method: str,
                       metric: str = "accuracy") -> dict[str, float] | None:
     """Per-(split, seed) ``variant - reference`` of one cell, summarised; None when no run pairs up.
@@ -45,10 +50,9 @@ def paired_difference(results: Sequence[dict[str, Any]], variant: str, reference
         The :func:`spread` of the differences plus ``better`` (how many runs improved).
     """
     mine, theirs = _runs(results, variant), _runs(results, reference)
-    diffs = [mine[k]["metrics"][protocol][method][metric] - theirs[k]["metrics"][protocol][method][metric]
-             for k in sorted(mine.keys() & theirs.keys())
-             if mine[k]["metrics"][protocol][method][metric] is not None
-             and theirs[k]["metrics"][protocol][method][metric] is not None]
+    pairs = [(_value(mine[k], protocol, method, metric), _value(theirs[k], protocol, method, metric))
+             for k in sorted(mine.keys() & theirs.keys())]
+    diffs = [a - b for a, b in pairs if a is not None and b is not None]
     if not diffs:
         return None
     return {**spread(diffs), "better": int(sum(d > 0 for d in diffs))}
@@ -85,8 +89,8 @@ def aggregate(results: Sequence[dict[str, Any]], variants: Sequence[str], method
     cells: dict[str, Any] = {}
     for variant in variants:
         runs = list(_runs(results, variant).values())
-        cells[variant] = {p: {m: {metric: (spread(vals) if (vals := [r["metrics"][p][m][metric] for r in runs
-                                                                      if r["metrics"][p][m][metric] is not None])
+        cells[variant] = {p: {m: {metric: (spread(vals) if (vals := [v for r in runs
+                                                                      if (v := _value(r, p, m, metric)) is not None])
                                            else None)
                                   for metric in ("accuracy", "tar")}
                               for m in methods} for p in protocols}
@@ -107,8 +111,9 @@ def aggregate(results: Sequence[dict[str, Any]], variants: Sequence[str], method
         if per_occluder:
             calibration[variant] = {name: {key: spread([c[name][key] for c in per_occluder]) for key in ("auc", "mae")}
                                     for name in per_occluder[0]}
-    fold_std = {v: {p: float(np.mean([r["metrics"][p][m]["fold_std"] for r in _runs(results, v).values()
-                                      for m in methods])) for p in protocols} for v in variants}
+    fold_std = {v: {p: float(np.mean([f for r in _runs(results, v).values() for m in methods
+                                      if (f := _value(r, p, m, "fold_std")) is not None])) for p in protocols}
+                for v in variants}
     final_losses = {}
     for variant in variants:
         curves = [r["curves"] for r in _runs(results, variant).values()]
