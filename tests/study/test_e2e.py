@@ -54,7 +54,7 @@ def test_study_trains_every_variant_and_writes_the_report(tmp_path: Path) -> Non
     accuracy_table = text.split("### 10-fold accuracy")[1].split("###")[0]
     assert sum(line.startswith("| (") for line in accuracy_table.splitlines()) == len(PROTOCOLS) * len(options.variants)
     assert "**Answer** ((e), the default objective, vs (c)" in text
-    assert "| (d) | " in text.split("## Occlusion head on held-out faces")[1].split("##")[0]
+    assert "| (e) | " in text.split("## Occlusion head on held-out faces")[1].split("##")[0]
     assert options.command() in text
 
 
